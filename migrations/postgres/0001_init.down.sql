@@ -1,0 +1,2 @@
+-- Dropping the schema is not supported: it would delete every message.
+SELECT 1;

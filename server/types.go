@@ -1,0 +1,150 @@
+package server
+
+import "time"
+
+// Role is the role of this instance in its live-backup group.
+type Role string
+
+// Roles, as shown by GET /v1/cluster.
+const (
+	RoleStarting Role = "starting"
+	RoleLive     Role = "live"
+	RoleBackup   Role = "backup"
+	RoleStopping Role = "stopping"
+)
+
+// RoutingType decides how an address routes a message to its bound queues.
+type RoutingType string
+
+// Routing types.
+const (
+	// Anycast delivers each message to exactly one bound queue (round robin).
+	Anycast RoutingType = "anycast"
+	// Multicast delivers each message to every bound queue.
+	Multicast RoutingType = "multicast"
+)
+
+// Limits and defaults of the messaging API.
+const (
+	ReceiveMaxLimit      = 1000             // most messages one receive returns
+	ReceiveWaitLimit     = 30 * time.Second // longest long poll
+	LeaseDefault         = 30 * time.Second // lease of a receive when neither call nor queue sets one
+	LeaseMin             = 100 * time.Millisecond
+	LeaseMax             = 12 * time.Hour
+	NackDelayMax         = 24 * time.Hour
+	PublishDelayMax      = 7 * 24 * time.Hour
+	TTLMax               = 365 * 24 * time.Hour
+	MaxDeliveriesLimit   = 1000
+	BatchPublishLimit    = 1000 // most messages in one batch publish
+	IdempotencyKeyMaxLen = 255
+	NameMaxLen           = 200
+	HeaderCountMax       = 64
+	HeaderNameMaxLen     = 128
+	HeaderValueMaxLen    = 4096
+	PriorityMax          = 9
+	PriorityDefault      = 4
+)
+
+// QueueConfig holds the settings of a queue. Zero values mean "not set": the queue uses
+// the broker default.
+type QueueConfig struct {
+	// MaxDeliveries moves a message to DeadLetterQueue (or drops it, when none is set)
+	// once it has been delivered this many times without an ack. 0 means unlimited.
+	MaxDeliveries int `json:"max_deliveries,omitempty"`
+	// DeadLetterQueue receives messages past MaxDeliveries. It is created if missing.
+	DeadLetterQueue string `json:"dead_letter_queue,omitempty"`
+	// Lease is the default lease of a receive on this queue.
+	Lease time.Duration `json:"lease,omitempty"`
+	// TTL is the default time to live of a message published to this queue.
+	TTL time.Duration `json:"ttl,omitempty"`
+}
+
+// QueueInfo describes a queue and its counters.
+type QueueInfo struct {
+	Name             string      `json:"name"`
+	Config           QueueConfig `json:"config"`
+	Depth            int64       `json:"depth"`             // messages stored and not acked, in flight included
+	InFlight         int64       `json:"in_flight"`         // leased to a receiver, not yet acked
+	Delayed          int64       `json:"delayed"`           // waiting for their delivery time
+	WaitingReceivers int         `json:"waiting_receivers"` // long polls waiting on this queue
+	Addresses        []string    `json:"addresses"`         // addresses this queue is bound to
+	CreatedAt        time.Time   `json:"created_at"`
+}
+
+// AddressConfig holds the settings of an address.
+type AddressConfig struct {
+	Routing RoutingType `json:"routing"`
+}
+
+// AddressInfo describes an address and the queues bound to it.
+type AddressInfo struct {
+	Name      string      `json:"name"`
+	Routing   RoutingType `json:"routing"`
+	Queues    []string    `json:"queues"`
+	CreatedAt time.Time   `json:"created_at"`
+}
+
+// Message is a message to publish.
+type Message struct {
+	Body        []byte
+	ContentType string
+	Headers     map[string]string
+	// IdempotencyKey, if set, makes a second publish with the same key to the same
+	// queue (or address) within the duplicate-detection window store nothing and answer
+	// the first message's ID.
+	IdempotencyKey string
+	// NonPersistent messages live in memory only: faster, but lost on restart or
+	// failover.
+	NonPersistent bool
+	// Priority from 0 (lowest) to 9; nil means PriorityDefault.
+	Priority *int
+	// Delay postpones the first delivery.
+	Delay time.Duration
+	// TTL overrides the queue's time to live; 0 means the queue's.
+	TTL time.Duration
+}
+
+// PublishResult is the outcome of publishing one message. Err is nil on success.
+type PublishResult struct {
+	ID        string
+	Duplicate bool // the idempotency key was seen before: nothing new was stored
+	Err       error
+}
+
+// ReceiveParams are the arguments of a receive.
+type ReceiveParams struct {
+	Max   int           // 1..ReceiveMaxLimit; 0 means 1
+	Wait  time.Duration // 0..ReceiveWaitLimit: how long to wait for a first message
+	Lease time.Duration // 0 means the queue's lease, else LeaseDefault
+}
+
+// Delivery is one received message.
+type Delivery struct {
+	ID            string
+	Receipt       string
+	Body          []byte
+	ContentType   string
+	Headers       map[string]string
+	DeliveryCount int
+	Redelivered   bool
+	Priority      int
+	PublishedAt   time.Time
+	LeaseExpires  time.Time
+}
+
+// ReceiptResult is the outcome of an ack, nack or extend for one receipt. Err is nil
+// on success, or wraps ErrReceiptUnknown / ErrReceiptStale.
+type ReceiptResult struct {
+	Receipt string
+	Err     error
+}
+
+// ClusterStatus is what GET /v1/cluster shows.
+type ClusterStatus struct {
+	NodeName      string    `json:"node_name"`
+	Role          Role      `json:"role"`
+	Epoch         int64     `json:"epoch"`
+	LiveNode      string    `json:"live_node"`
+	LockExpiresAt time.Time `json:"lock_expires_at"`
+	Backups       []string  `json:"backups"`
+}

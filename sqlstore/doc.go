@@ -1,0 +1,37 @@
+// Package sqlstore is the seam between the broker core and the SQL databases.
+//
+// It owns the row and parameter types, the Driver interface that every dialect
+// implements (sqlstore/postgres, sqlstore/mysql, sqlstore/sqlite), the sentinel errors
+// each driver maps its own errors to, and the group-commit Writer through which every
+// write of a live broker goes. The conformance suite in sqlstore/storetest runs
+// unchanged against every dialect.
+//
+// # Writing: group commit
+//
+// Callers hand the Writer a Batch (rows to insert, update and delete) and wait. One
+// goroutine owns the pending requests: it takes everything queued (up to
+// WriterConfig.MaxBatchRows rows and MaxBatchBytes bytes), merges it into one Batch and
+// commits it in one transaction through Driver.BatchCommit, then answers every waiter.
+// While a commit is in flight new requests queue up, so batches grow with load and an
+// idle writer commits a lone request at once; WriterConfig.SyncPeriod optionally waits a
+// little longer to fill a batch. A request is answered only after its transaction
+// committed (or failed), never before.
+//
+// # Fencing
+//
+// Only the live broker may write, and a deposed live must never commit. Row 4 of the
+// node-manager table (NodeRowFence) holds the fencing epoch. Every write transaction
+// (BatchCommit) first reads that row under a share lock (PostgreSQL FOR SHARE, MySQL
+// LOCK IN SHARE MODE; SQLite takes the database write lock with BEGIN IMMEDIATE) and
+// aborts with ErrFenced if the epoch is not the one the writer was given. A takeover
+// (EpochBump, and later the node manager's acquisition) increments that row in its own
+// transaction: its exclusive row lock waits for every in-flight write transaction of the
+// old live to finish, and every write transaction that starts after it sees the new
+// epoch and aborts. So there is no instant at which the old live's write can commit
+// after the new epoch is visible: the two are serialised by the row lock. Lease renewals
+// touch the live-lock row (NodeRowLiveLock), never the epoch row, so they never queue
+// behind writes.
+//
+// Once a Writer sees ErrFenced it refuses every later write with ErrFenced, without a
+// round trip, until it is given a new epoch.
+package sqlstore

@@ -1,0 +1,297 @@
+package sqlstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Writer defaults.
+const (
+	MaxBatchRowsDefault  = 2000
+	MaxBatchBytesDefault = 16 << 20
+	CommitTimeoutDefault = 30 * time.Second
+)
+
+// WriterConfig configures a Writer. Zero values mean the defaults.
+type WriterConfig struct {
+	// MaxBatchRows bounds the rows merged into one transaction.
+	MaxBatchRows int
+	// MaxBatchBytes bounds the message payload bytes merged into one transaction.
+	MaxBatchBytes int
+	// SyncPeriod (journal-sync-period) is the longest the writer waits for more requests
+	// to fill a batch once it has one. 0, the default, commits what is queued at once:
+	// batches still grow under load because requests queue while a commit is in flight.
+	SyncPeriod time.Duration
+	// CommitTimeout bounds one transaction.
+	CommitTimeout time.Duration
+	// Logger receives the writer's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// OnFenced, if set, is called once (from the writer goroutine) when a commit fails
+	// with ErrFenced.
+	OnFenced func()
+	// OnCommit, if set, is called after every commit attempt with the number of rows,
+	// the time it took and its error. It must not block.
+	OnCommit func(rows int, took time.Duration, err error)
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c WriterConfig) WithDefaults() WriterConfig {
+	if c.MaxBatchRows <= 0 {
+		c.MaxBatchRows = MaxBatchRowsDefault
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = MaxBatchBytesDefault
+	}
+	if c.CommitTimeout <= 0 {
+		c.CommitTimeout = CommitTimeoutDefault
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+type writeRequest struct {
+	batch *Batch
+	done  chan error // buffered(1)
+}
+
+// Writer is the group-commit writer. One goroutine owns the queue of pending requests
+// and the current epoch; it merges queued requests into one Batch and commits it in one
+// fenced transaction. See the package documentation.
+type Writer struct {
+	drv Driver
+	cfg WriterConfig
+
+	reqs chan *writeRequest
+
+	epoch  atomic.Int64
+	fenced atomic.Bool
+
+	mu       sync.Mutex // guards started, stopping
+	started  bool
+	stopping bool
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+// NewWriter returns a Writer committing through drv under the given fencing epoch. Call
+// Start before Write.
+func NewWriter(drv Driver, epoch int64, cfg WriterConfig) *Writer {
+	w := &Writer{
+		drv:  drv,
+		cfg:  cfg.WithDefaults(),
+		reqs: make(chan *writeRequest, 4096),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	w.epoch.Store(epoch)
+	return w
+}
+
+// Epoch returns the fencing epoch the writer commits under.
+func (w *Writer) Epoch() int64 { return w.epoch.Load() }
+
+// SetEpoch gives the writer a new fencing epoch (after this broker took the lock again)
+// and lifts a previous fenced state.
+func (w *Writer) SetEpoch(epoch int64) {
+	w.epoch.Store(epoch)
+	w.fenced.Store(false)
+}
+
+// Fenced reports whether the writer has seen ErrFenced under its current epoch.
+func (w *Writer) Fenced() bool { return w.fenced.Load() }
+
+// Start starts the writer goroutine. ctx is not retained; use Stop to end it.
+func (w *Writer) Start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.started {
+		return errors.New("sqlstore: writer already started")
+	}
+	w.started = true
+	go w.run()
+	return nil
+}
+
+// Stop stops accepting requests, commits everything already queued, and waits for the
+// goroutine to end. It is idempotent.
+func (w *Writer) Stop() {
+	w.mu.Lock()
+	if !w.started {
+		w.mu.Unlock()
+		return
+	}
+	if !w.stopping {
+		w.stopping = true
+		close(w.stop)
+	}
+	w.mu.Unlock()
+	<-w.done
+}
+
+// Write commits b, merged with other requests, and returns once its transaction has
+// committed (nil) or failed (the error). Once queued, a request is always carried to
+// its end so that the caller's in-memory state can follow the outcome: ctx bounds only
+// the wait to get into the queue.
+func (w *Writer) Write(ctx context.Context, b *Batch) error {
+	if b.Empty() {
+		return nil
+	}
+	if w.fenced.Load() {
+		return ErrFenced
+	}
+	req := &writeRequest{batch: b, done: make(chan error, 1)}
+	w.mu.Lock()
+	if !w.started || w.stopping {
+		w.mu.Unlock()
+		return ErrClosed
+	}
+	// Holding mu while sending keeps Stop from closing the queue under us; the send
+	// only blocks when 4096 requests are queued, and then the writer is draining.
+	select {
+	case w.reqs <- req:
+	case <-ctx.Done():
+		w.mu.Unlock()
+		return ctx.Err()
+	}
+	w.mu.Unlock()
+	return <-req.done
+}
+
+func (w *Writer) run() {
+	defer close(w.done)
+	var carry *writeRequest // a request taken from the queue that did not fit the last batch
+	for {
+		var first *writeRequest
+		if carry != nil {
+			first, carry = carry, nil
+		} else {
+			select {
+			case first = <-w.reqs:
+			case <-w.stop:
+				w.drain()
+				return
+			}
+		}
+		batch := []*writeRequest{first}
+		if !first.batch.barrier() {
+			carry = w.fill(&batch)
+		}
+		w.commit(batch)
+	}
+}
+
+// fill adds queued requests to batch until the bounds are reached, waiting up to
+// SyncPeriod for more. It returns a request it took but could not add.
+func (w *Writer) fill(batch *[]*writeRequest) *writeRequest {
+	rows, bytes := (*batch)[0].batch.rows(), (*batch)[0].batch.bytes()
+	var timer <-chan time.Time
+	if w.cfg.SyncPeriod > 0 {
+		t := time.NewTimer(w.cfg.SyncPeriod)
+		defer t.Stop()
+		timer = t.C
+	}
+	for rows < w.cfg.MaxBatchRows && bytes < w.cfg.MaxBatchBytes {
+		var r *writeRequest
+		select {
+		case r = <-w.reqs:
+		default:
+			if timer == nil {
+				return nil
+			}
+			select {
+			case r = <-w.reqs:
+			case <-timer:
+				return nil
+			}
+		}
+		if r.batch.barrier() || rows+r.batch.rows() > w.cfg.MaxBatchRows || bytes+r.batch.bytes() > w.cfg.MaxBatchBytes {
+			return r
+		}
+		*batch = append(*batch, r)
+		rows += r.batch.rows()
+		bytes += r.batch.bytes()
+	}
+	return nil
+}
+
+// drain commits every request still queued after Stop.
+func (w *Writer) drain() {
+	for {
+		select {
+		case r := <-w.reqs:
+			batch := []*writeRequest{r}
+			if !r.batch.barrier() {
+				if c := w.fill(&batch); c != nil {
+					w.commit(batch)
+					batch = []*writeRequest{c}
+				}
+			}
+			w.commit(batch)
+		default:
+			return
+		}
+	}
+}
+
+// commit commits the requests as one transaction and answers them. If a merged batch
+// fails for a reason other than fencing, each request is retried alone so that one bad
+// request cannot fail the others.
+func (w *Writer) commit(reqs []*writeRequest) {
+	var b *Batch
+	if len(reqs) == 1 {
+		b = reqs[0].batch
+	} else {
+		b = &Batch{}
+		for _, r := range reqs {
+			b.merge(r.batch)
+		}
+	}
+	err := w.commitOne(b)
+	if err != nil && len(reqs) > 1 && !errors.Is(err, ErrFenced) {
+		w.cfg.Logger.Warn("group commit failed; retrying its requests one by one", "requests", len(reqs), "error", err)
+		for _, r := range reqs {
+			r.done <- w.commitOne(r.batch)
+		}
+		return
+	}
+	for _, r := range reqs {
+		r.done <- err
+	}
+}
+
+func (w *Writer) commitOne(b *Batch) error {
+	if w.fenced.Load() {
+		return ErrFenced
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.CommitTimeout)
+	defer cancel()
+	start := time.Now()
+	epoch := w.epoch.Load()
+	err := w.drv.BatchCommit(ctx, &BatchCommitParams{Epoch: epoch, Batch: b})
+	if w.cfg.OnCommit != nil {
+		w.cfg.OnCommit(b.rows(), time.Since(start), err)
+	}
+	if errors.Is(err, ErrFenced) {
+		if w.fenced.CompareAndSwap(false, true) {
+			w.cfg.Logger.Error("write fenced: another broker took over the store; refusing all further writes", "epoch", epoch)
+			if w.cfg.OnFenced != nil {
+				w.cfg.OnFenced()
+			}
+		}
+		return ErrFenced
+	}
+	if err != nil {
+		return fmt.Errorf("sqlstore: group commit of %d rows: %w", b.rows(), err)
+	}
+	return nil
+}
