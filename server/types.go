@@ -139,6 +139,20 @@ type ReceiptResult struct {
 	Err     error
 }
 
+// Counters are the running totals of a Server since New, for metrics. They only grow.
+type Counters struct {
+	Published         int64 `json:"published"`           // messages stored, one per queue they were routed to
+	Duplicates        int64 `json:"duplicates"`          // publishes answered as duplicates of an idempotency key
+	Delivered         int64 `json:"delivered"`           // deliveries, redeliveries included
+	Redelivered       int64 `json:"redelivered"`         // deliveries with a delivery count above 1
+	Acked             int64 `json:"acked"`               // messages acked
+	Nacked            int64 `json:"nacked"`              // messages nacked
+	LeaseExpired      int64 `json:"lease_expired"`       // leases that ended without an ack or nack
+	Expired           int64 `json:"expired"`             // messages dropped past their time to live
+	DeadLettered      int64 `json:"dead_lettered"`       // messages moved to a dead-letter queue
+	DeadLetterDropped int64 `json:"dead_letter_dropped"` // messages dropped past max_deliveries without one
+}
+
 // ClusterStatus is what GET /v1/cluster shows.
 type ClusterStatus struct {
 	NodeName      string    `json:"node_name"`

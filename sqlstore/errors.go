@@ -1,6 +1,10 @@
 package sqlstore
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/tablemq/tablemq/migrations"
+)
 
 // Sentinel errors. Every driver maps its own errors to these in one place, so callers
 // only ever use errors.Is.
@@ -15,5 +19,5 @@ var (
 	// ErrClosed means the store or writer was closed.
 	ErrClosed = errors.New("sqlstore: closed")
 	// ErrSchemaTooNew means the database schema was written by a newer tablemq.
-	ErrSchemaTooNew = errors.New("sqlstore: database schema is newer than this binary")
+	ErrSchemaTooNew = migrations.ErrSchemaTooNew
 )

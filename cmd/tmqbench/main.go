@@ -1,0 +1,83 @@
+// Command tmqbench measures a tablemq broker over HTTP next to the raw database it runs
+// on, in the same run: it starts `tablemq serve` as its own process on a fresh set of
+// tables, drives it with concurrent HTTP clients, and measures plain batched inserts and
+// deletes of the same payload through the same driver for the baseline.
+//
+//	go run ./cmd/tmqbench --store postgres://postgres@127.0.0.1:5432/test --duration 10s
+//
+// The output is a Markdown table (also written to --out when set) with msgs/s, latency
+// percentiles and the ratio of each scenario to its raw baseline.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "tmqbench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	store    string
+	binary   string
+	duration time.Duration
+	size     int
+	clients  []int
+	out      string
+	keep     bool
+	only     string
+}
+
+func run() error {
+	var o options
+	var clients string
+	flag.StringVar(&o.store, "store", envOr("TABLEMQ_BENCH_STORE", "postgres://postgres@127.0.0.1:5432/test"), "store URL (postgres only for the raw baseline)")
+	flag.StringVar(&o.binary, "binary", "bin/tablemq", "tablemq binary to start")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "duration of each scenario")
+	flag.IntVar(&o.size, "size", 1024, "message payload size in bytes")
+	flag.StringVar(&clients, "clients", "1,64", "comma-separated client counts")
+	flag.StringVar(&o.out, "out", "", "also append the Markdown result to this file")
+	flag.BoolVar(&o.keep, "keep", false, "keep the benchmark tables afterwards")
+	flag.StringVar(&o.only, "only", "", "run only scenarios whose name contains this")
+	flag.Parse()
+	for _, c := range strings.Split(clients, ",") {
+		var n int
+		if _, err := fmt.Sscanf(strings.TrimSpace(c), "%d", &n); err != nil || n < 1 {
+			return fmt.Errorf("--clients: %q is not a positive number", c)
+		}
+		o.clients = append(o.clients, n)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	var w io.Writer = os.Stdout
+	if o.out != "" {
+		f, err := os.OpenFile(o.out, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return fmt.Errorf("open --out: %w", err)
+		}
+		defer f.Close()
+		w = io.MultiWriter(os.Stdout, f)
+	}
+	return bench(ctx, log, o, w)
+}
+
+func envOr(k, d string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return d
+}

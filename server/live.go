@@ -1,0 +1,471 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tablemq/tablemq/sqlstore"
+)
+
+// live is the state of one activation. Everything in it is rebuilt from the store by
+// the next Activate, so a deactivated live is dropped whole.
+type live struct {
+	s     *Server
+	cfg   Config
+	log   *slog.Logger
+	epoch int64
+	w     *sqlstore.Writer
+
+	counter atomic.Int64 // low bits of the last message id handed out
+
+	// The store may hold idempotency keys the in-memory maps do not know: those of
+	// earlier lives, and those of writes that failed but may have committed. They were
+	// all created before unknownKeysSince (Unix ms). Once a duplicate cleanup deleted
+	// every key older than that (cleanedBefore), the maps know every key the store
+	// holds and publishes stop asking the store.
+	unknownKeysSince atomic.Int64
+	cleanedBefore    atomic.Int64
+
+	stopOnce   sync.Once
+	stopping   chan struct{} // closed when deactivation starts
+	finished   chan struct{} // closed when deactivation has ended
+	reaperStop chan struct{}
+	reaperDone chan struct{}
+
+	// adminMu serialises changes of queues, addresses and bindings, including their
+	// store writes. It is the outermost lock (see the package documentation).
+	adminMu sync.Mutex
+	// metaMu guards the two maps and the queue lists of the addresses; held only for
+	// map reads and updates, never across I/O.
+	metaMu    sync.RWMutex
+	queues    map[string]*queue
+	addresses map[string]*address
+	// dedups holds the idempotency keys per scope (a queue name, or "@" and an address
+	// name). A scope outlives a deleted queue or address, as its stored keys do.
+	dedups map[string]*dedupSet
+}
+
+// address is an address and the queues bound to it.
+type address struct {
+	name      string
+	routing   RoutingType
+	createdAt time.Time
+	queues    []string // sorted; guarded by live.metaMu
+	rr        atomic.Uint64
+}
+
+func newAddress(name string, routing RoutingType, createdAt time.Time) *address {
+	a := &address{name: name, routing: routing, createdAt: createdAt}
+	return a
+}
+
+func newLive(s *Server, epoch int64) *live {
+	l := &live{
+		s:          s,
+		cfg:        s.cfg,
+		log:        s.log.With("epoch", epoch),
+		epoch:      epoch,
+		stopping:   make(chan struct{}),
+		finished:   make(chan struct{}),
+		reaperStop: make(chan struct{}),
+		reaperDone: make(chan struct{}),
+		queues:     map[string]*queue{},
+		addresses:  map[string]*address{},
+		dedups:     map[string]*dedupSet{},
+	}
+	l.unknownKeysSince.Store(l.now().UnixMilli())
+	return l
+}
+
+// keysAllKnown reports whether the in-memory idempotency maps know every key the store
+// holds.
+func (l *live) keysAllKnown() bool {
+	return l.cleanedBefore.Load() > l.unknownKeysSince.Load()
+}
+
+// keysMayBeUnknown records that the store may hold keys written until now that the
+// maps do not know.
+func (l *live) keysMayBeUnknown() {
+	now := l.now().UnixMilli()
+	for {
+		old := l.unknownKeysSince.Load()
+		if old >= now || l.unknownKeysSince.CompareAndSwap(old, now) {
+			return
+		}
+	}
+}
+
+// now is the server's clock (Config.Now).
+func (l *live) now() time.Time { return l.cfg.Now() }
+
+func (l *live) isStopping() bool {
+	select {
+	case <-l.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// loadBindings builds the queues and addresses from the rows of the bindings table.
+func (l *live) loadBindings(rows []sqlstore.Binding) {
+	var binds []sqlstore.Binding
+	for _, b := range rows {
+		switch b.Kind {
+		case sqlstore.KindQueue:
+			var c QueueConfig
+			if err := json.Unmarshal([]byte(b.Config), &c); err != nil {
+				l.log.Warn("queue settings unreadable; using defaults", "queue", b.Name, "error", err)
+				c = QueueConfig{}
+			}
+			l.queues[b.Name] = newQueue(l, b.Name, c, time.UnixMilli(b.CreatedAt))
+		case sqlstore.KindAddress:
+			var c AddressConfig
+			if err := json.Unmarshal([]byte(b.Config), &c); err != nil || (c.Routing != Anycast && c.Routing != Multicast) {
+				l.log.Warn("address settings unreadable; using multicast", "address", b.Name, "error", err)
+				c.Routing = Multicast
+			}
+			l.addresses[b.Name] = newAddress(b.Name, c.Routing, time.UnixMilli(b.CreatedAt))
+		case sqlstore.KindBinding:
+			binds = append(binds, b)
+		default:
+			l.log.Warn("unknown binding kind ignored", "kind", b.Kind, "name", b.Name)
+		}
+	}
+	for _, b := range binds {
+		a := l.addresses[b.Name]
+		if a == nil || l.queues[b.Target] == nil {
+			l.log.Warn("binding to a missing address or queue ignored", "address", b.Name, "queue", b.Target)
+			continue
+		}
+		a.queues = append(a.queues, b.Target)
+	}
+	for _, a := range l.addresses {
+		sort.Strings(a.queues)
+	}
+}
+
+// deactivate ends this activation; see Server.Deactivate. A second caller waits for the
+// first to finish.
+func (l *live) deactivate(fenced bool) {
+	first := false
+	l.stopOnce.Do(func() { first = true })
+	if !first {
+		<-l.finished
+		return
+	}
+	s := l.s
+	s.setRole(RoleStopping)
+	if fenced {
+		l.log.Error("fenced: another broker took over the store; deactivating", "node", l.cfg.NodeName)
+	} else {
+		l.log.Info("deactivating", "node", l.cfg.NodeName)
+	}
+	close(l.stopping) // new calls fail; waiting receivers return
+	close(l.reaperStop)
+	<-l.reaperDone
+	l.w.Stop()
+	if fenced {
+		s.doneMu.Lock()
+		select {
+		case <-s.done:
+		default:
+			close(s.done)
+		}
+		s.doneMu.Unlock()
+	}
+	s.cur.CompareAndSwap(l, nil)
+	s.setRole(RoleBackup)
+	close(l.finished)
+}
+
+// write commits b through the group-commit writer and maps its errors to the
+// server's sentinels.
+func (l *live) write(ctx context.Context, b *sqlstore.Batch) error {
+	err := l.w.Write(ctx, b)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, sqlstore.ErrFenced) || errors.Is(err, sqlstore.ErrClosed) {
+		return fmt.Errorf("server: write: %w: %w", ErrNotLive, err)
+	}
+	return fmt.Errorf("server: write: %w: %w", ErrUnavailable, err)
+}
+
+// nextID hands out a message id: epoch<<43 | counter.
+func (l *live) nextID() (int64, error) {
+	c := l.counter.Add(1)
+	if c > idCounterMax {
+		l.log.Error("message id counter exhausted for this epoch; publishes fail until the epoch moves on")
+		return 0, fmt.Errorf("server: message id counter exhausted for epoch %d: %w", l.epoch, ErrUnavailable)
+	}
+	return l.epoch<<idCounterBits | c, nil
+}
+
+// queue returns a queue by name.
+func (l *live) queue(name string) (*queue, error) {
+	l.metaMu.RLock()
+	q := l.queues[name]
+	l.metaMu.RUnlock()
+	if q == nil {
+		return nil, fmt.Errorf("server: queue %q: %w", name, ErrQueueNotFound)
+	}
+	return q, nil
+}
+
+// queueSnapshot returns the queues ordered by name.
+func (l *live) queueSnapshot() []*queue {
+	l.metaMu.RLock()
+	qs := make([]*queue, 0, len(l.queues))
+	for _, q := range l.queues {
+		qs = append(qs, q)
+	}
+	l.metaMu.RUnlock()
+	slices.SortFunc(qs, func(a, b *queue) int { return compareStrings(a.name, b.name) })
+	return qs
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// queueAddresses returns the addresses a queue is bound to, sorted.
+func (l *live) queueAddresses(name string) []string {
+	l.metaMu.RLock()
+	defer l.metaMu.RUnlock()
+	out := []string{}
+	for _, a := range l.addresses {
+		if _, ok := slices.BinarySearch(a.queues, name); ok {
+			out = append(out, a.name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// queueEnsure returns the queue, creating it with cfg if missing. When strict, an
+// existing queue with other settings is an ErrConflict.
+func (l *live) queueEnsure(ctx context.Context, name string, cfg QueueConfig, strict bool) (*queue, bool, error) {
+	l.adminMu.Lock()
+	defer l.adminMu.Unlock()
+	l.metaMu.RLock()
+	q := l.queues[name]
+	l.metaMu.RUnlock()
+	if q != nil {
+		if strict && q.cfg != cfg {
+			return nil, false, fmt.Errorf("server: queue %q exists with other settings: %w", name, ErrConflict)
+		}
+		return q, false, nil
+	}
+	js, _ := json.Marshal(cfg)
+	now := l.now()
+	err := l.write(ctx, &sqlstore.Batch{BindingPuts: []sqlstore.Binding{{
+		Kind: sqlstore.KindQueue, Name: name, Config: string(js), CreatedAt: now.UnixMilli(),
+	}}})
+	if err != nil {
+		return nil, false, fmt.Errorf("server: create queue %q: %w", name, err)
+	}
+	q = newQueue(l, name, cfg, time.UnixMilli(now.UnixMilli()))
+	// A queue created now has no stored messages: no count to load.
+	q.loaded = true
+	q.exhausted = true
+	l.metaMu.Lock()
+	l.queues[name] = q
+	l.metaMu.Unlock()
+	l.log.Info("queue created", "queue", name)
+	return q, true, nil
+}
+
+// queueDelete deletes a queue with its messages and bindings in one transaction.
+func (l *live) queueDelete(ctx context.Context, name string) error {
+	l.adminMu.Lock()
+	defer l.adminMu.Unlock()
+	q, err := l.queue(name)
+	if err != nil {
+		return err
+	}
+	// Refuse new work on the queue and wait for the publishes already under way, so
+	// that none of them commits a message after the purge.
+	idle := q.beginDelete()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		q.abortDelete()
+		return fmt.Errorf("server: delete queue %q: %w", name, ctx.Err())
+	}
+	b := &sqlstore.Batch{
+		QueuePurges:    []string{name},
+		BindingDeletes: []sqlstore.BindingKey{{Kind: sqlstore.KindQueue, Name: name}},
+	}
+	for _, a := range l.queueAddresses(name) {
+		b.BindingDeletes = append(b.BindingDeletes, sqlstore.BindingKey{Kind: sqlstore.KindBinding, Name: a, Target: name})
+	}
+	if err := l.write(ctx, b); err != nil {
+		q.abortDelete()
+		return fmt.Errorf("server: delete queue %q: %w", name, err)
+	}
+	l.metaMu.Lock()
+	delete(l.queues, name)
+	for _, a := range l.addresses {
+		if i, ok := slices.BinarySearch(a.queues, name); ok {
+			a.queues = slices.Delete(a.queues, i, i+1)
+		}
+	}
+	l.metaMu.Unlock()
+	q.finishDelete()
+	l.log.Info("queue deleted", "queue", name)
+	return nil
+}
+
+func (l *live) addressCreate(ctx context.Context, name string, cfg AddressConfig) (bool, error) {
+	if cfg.Routing == "" {
+		cfg.Routing = Multicast
+	}
+	if cfg.Routing != Anycast && cfg.Routing != Multicast {
+		return false, invalidf("routing %q: must be %q or %q", cfg.Routing, Anycast, Multicast)
+	}
+	l.adminMu.Lock()
+	defer l.adminMu.Unlock()
+	l.metaMu.RLock()
+	a := l.addresses[name]
+	l.metaMu.RUnlock()
+	if a != nil {
+		if a.routing != cfg.Routing {
+			return false, fmt.Errorf("server: address %q exists with routing %s: %w", name, a.routing, ErrConflict)
+		}
+		return false, nil
+	}
+	js, _ := json.Marshal(cfg)
+	now := time.UnixMilli(l.now().UnixMilli())
+	err := l.write(ctx, &sqlstore.Batch{BindingPuts: []sqlstore.Binding{{
+		Kind: sqlstore.KindAddress, Name: name, Config: string(js), CreatedAt: now.UnixMilli(),
+	}}})
+	if err != nil {
+		return false, fmt.Errorf("server: create address %q: %w", name, err)
+	}
+	l.metaMu.Lock()
+	l.addresses[name] = newAddress(name, cfg.Routing, now)
+	l.metaMu.Unlock()
+	return true, nil
+}
+
+func (l *live) addressInfo(name string) (AddressInfo, error) {
+	l.metaMu.RLock()
+	defer l.metaMu.RUnlock()
+	a := l.addresses[name]
+	if a == nil {
+		return AddressInfo{}, fmt.Errorf("server: address %q: %w", name, ErrAddressNotFound)
+	}
+	return AddressInfo{Name: a.name, Routing: a.routing, Queues: append([]string{}, a.queues...), CreatedAt: a.createdAt}, nil
+}
+
+func (l *live) addressList() []AddressInfo {
+	l.metaMu.RLock()
+	out := make([]AddressInfo, 0, len(l.addresses))
+	for _, a := range l.addresses {
+		out = append(out, AddressInfo{Name: a.name, Routing: a.routing, Queues: append([]string{}, a.queues...), CreatedAt: a.createdAt})
+	}
+	l.metaMu.RUnlock()
+	slices.SortFunc(out, func(a, b AddressInfo) int { return compareStrings(a.Name, b.Name) })
+	return out
+}
+
+func (l *live) addressDelete(ctx context.Context, name string) error {
+	l.adminMu.Lock()
+	defer l.adminMu.Unlock()
+	info, err := l.addressInfo(name)
+	if err != nil {
+		return err
+	}
+	b := &sqlstore.Batch{BindingDeletes: []sqlstore.BindingKey{{Kind: sqlstore.KindAddress, Name: name}}}
+	for _, q := range info.Queues {
+		b.BindingDeletes = append(b.BindingDeletes, sqlstore.BindingKey{Kind: sqlstore.KindBinding, Name: name, Target: q})
+	}
+	if err := l.write(ctx, b); err != nil {
+		return fmt.Errorf("server: delete address %q: %w", name, err)
+	}
+	l.metaMu.Lock()
+	delete(l.addresses, name)
+	l.metaMu.Unlock()
+	return nil
+}
+
+func (l *live) bindingCreate(ctx context.Context, addr, queueName string) (bool, error) {
+	if err := ValidName(addr); err != nil {
+		return false, err
+	}
+	if err := ValidName(queueName); err != nil {
+		return false, err
+	}
+	l.adminMu.Lock()
+	defer l.adminMu.Unlock()
+	l.metaMu.RLock()
+	a, q := l.addresses[addr], l.queues[queueName]
+	var bound bool
+	if a != nil {
+		_, bound = slices.BinarySearch(a.queues, queueName)
+	}
+	l.metaMu.RUnlock()
+	switch {
+	case a == nil:
+		return false, fmt.Errorf("server: address %q: %w", addr, ErrAddressNotFound)
+	case q == nil:
+		return false, fmt.Errorf("server: queue %q: %w", queueName, ErrQueueNotFound)
+	case bound:
+		return false, nil
+	}
+	err := l.write(ctx, &sqlstore.Batch{BindingPuts: []sqlstore.Binding{{
+		Kind: sqlstore.KindBinding, Name: addr, Target: queueName, Config: "{}", CreatedAt: l.now().UnixMilli(),
+	}}})
+	if err != nil {
+		return false, fmt.Errorf("server: bind queue %q to address %q: %w", queueName, addr, err)
+	}
+	l.metaMu.Lock()
+	if i, ok := slices.BinarySearch(a.queues, queueName); !ok {
+		a.queues = slices.Insert(a.queues, i, queueName)
+	}
+	l.metaMu.Unlock()
+	return true, nil
+}
+
+func (l *live) bindingDelete(ctx context.Context, addr, queueName string) error {
+	l.adminMu.Lock()
+	defer l.adminMu.Unlock()
+	l.metaMu.RLock()
+	a := l.addresses[addr]
+	var bound bool
+	if a != nil {
+		_, bound = slices.BinarySearch(a.queues, queueName)
+	}
+	l.metaMu.RUnlock()
+	if a == nil {
+		return fmt.Errorf("server: address %q: %w", addr, ErrAddressNotFound)
+	}
+	if !bound {
+		return fmt.Errorf("server: queue %q is not bound to address %q: %w", queueName, addr, ErrBindingNotFound)
+	}
+	err := l.write(ctx, &sqlstore.Batch{BindingDeletes: []sqlstore.BindingKey{{Kind: sqlstore.KindBinding, Name: addr, Target: queueName}}})
+	if err != nil {
+		return fmt.Errorf("server: unbind queue %q from address %q: %w", queueName, addr, err)
+	}
+	l.metaMu.Lock()
+	if i, ok := slices.BinarySearch(a.queues, queueName); ok {
+		a.queues = slices.Delete(a.queues, i, i+1)
+	}
+	l.metaMu.Unlock()
+	return nil
+}

@@ -1,0 +1,55 @@
+package postgres_test
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/tablemq/tablemq/internal/testdb"
+	"github.com/tablemq/tablemq/migrations"
+	"github.com/tablemq/tablemq/sqlstore"
+	"github.com/tablemq/tablemq/sqlstore/postgres"
+	"github.com/tablemq/tablemq/sqlstore/storetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	storetest.Exercise(t, storetest.Harness{
+		NewURL: testdb.Postgres,
+		Open: func(t testing.TB, url string, tables migrations.Tables) sqlstore.Driver {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			d, err := postgres.Open(ctx, postgres.Config{DSN: url, Tables: tables, Logger: slog.New(slog.DiscardHandler), MaxConns: 8})
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = d.Close() })
+			return d
+		},
+		Exec: func(t testing.TB, url string, stmt string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, err := pgx.Connect(ctx, url)
+			require.NoError(t, err)
+			defer conn.Close(context.Background())
+			_, err = conn.Exec(ctx, stmt)
+			require.NoError(t, err)
+		},
+	})
+}
+
+func TestOpenUnreachable(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := postgres.Open(ctx, postgres.Config{DSN: "postgres://u:secret@127.0.0.1:1/db?connect_timeout=2"})
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "secret")
+}
