@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/tablemq/tablemq/server"
 )
@@ -98,7 +99,8 @@ func New(b Broker, cfg Config) http.Handler {
 	a := &api{b: b, cfg: cfg, log: cfg.Logger}
 
 	r := chi.NewRouter()
-	r.Use(requestID, a.logRequests, a.recoverPanics)
+	// GetHead answers HEAD on every GET route (load balancers health-check with HEAD).
+	r.Use(requestID, a.logRequests, a.recoverPanics, middleware.GetHead)
 
 	r.Get("/livez", a.livez)
 	r.Get("/readyz", a.readyz)

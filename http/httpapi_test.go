@@ -631,13 +631,19 @@ func TestNotLive(t *testing.T) {
 		h := b.h
 		r := do(t, h, http.MethodGet, "/readyz", nil)
 		require.Equal(t, http.StatusOK, r.Status, "body: %s", r.Body)
+		r = do(t, h, http.MethodHead, "/readyz", nil)
+		require.Equal(t, http.StatusOK, r.Status, "HEAD /readyz while live")
 		createQueue(t, h, "q")
 
 		b.deactivate()
 
 		r = do(t, h, http.MethodGet, "/livez", nil)
 		require.Equal(t, http.StatusOK, r.Status)
+		r = do(t, h, http.MethodHead, "/livez", nil)
+		require.Equal(t, http.StatusOK, r.Status)
 		requireError(t, do(t, h, http.MethodGet, "/readyz", nil), http.StatusServiceUnavailable, CodeNotLive)
+		r = do(t, h, http.MethodHead, "/readyz", nil)
+		require.Equal(t, http.StatusServiceUnavailable, r.Status, "HEAD /readyz when not live")
 
 		r = do(t, h, http.MethodGet, "/v1/cluster", nil)
 		require.Equal(t, http.StatusOK, r.Status, "body: %s", r.Body)

@@ -271,22 +271,43 @@ func (l *live) queueEnsure(ctx context.Context, name string, cfg QueueConfig, st
 		}
 		return q, false, nil
 	}
-	js, _ := json.Marshal(cfg)
 	now := l.now()
-	err := l.write(ctx, &sqlstore.Batch{BindingPuts: []sqlstore.Binding{{
-		Kind: sqlstore.KindQueue, Name: name, Config: string(js), CreatedAt: now.UnixMilli(),
-	}}})
-	if err != nil {
+	// The dead-letter queue is created with the queue, in the same transaction, so that
+	// it can be inspected (and consumed) before the first message is dead-lettered.
+	names := []string{name}
+	cfgs := []QueueConfig{cfg}
+	if dlq := cfg.DeadLetterQueue; dlq != "" {
+		l.metaMu.RLock()
+		exists := l.queues[dlq] != nil
+		l.metaMu.RUnlock()
+		if !exists {
+			names = append(names, dlq)
+			cfgs = append(cfgs, QueueConfig{})
+		}
+	}
+	b := &sqlstore.Batch{}
+	for i, n := range names {
+		js, _ := json.Marshal(cfgs[i])
+		b.BindingPuts = append(b.BindingPuts, sqlstore.Binding{
+			Kind: sqlstore.KindQueue, Name: n, Config: string(js), CreatedAt: now.UnixMilli(),
+		})
+	}
+	if err := l.write(ctx, b); err != nil {
 		return nil, false, fmt.Errorf("server: create queue %q: %w", name, err)
 	}
-	q = newQueue(l, name, cfg, time.UnixMilli(now.UnixMilli()))
-	// A queue created now has no stored messages: no count to load.
-	q.loaded = true
-	q.exhausted = true
-	l.metaMu.Lock()
-	l.queues[name] = q
-	l.metaMu.Unlock()
-	l.log.Info("queue created", "queue", name)
+	for i, n := range names {
+		nq := newQueue(l, n, cfgs[i], time.UnixMilli(now.UnixMilli()))
+		// A queue created now has no stored messages: no count to load.
+		nq.loaded = true
+		nq.exhausted = true
+		l.metaMu.Lock()
+		l.queues[n] = nq
+		l.metaMu.Unlock()
+		l.log.Info("queue created", "queue", n)
+		if i == 0 {
+			q = nq
+		}
+	}
 	return q, true, nil
 }
 

@@ -240,6 +240,10 @@ func TestMaxDeliveriesDeadLetter(t *testing.T) {
 	b := setup(t, server.Config{})
 	ctx := context.Background()
 	mustCreateQueue(t, b.srv, "q", server.QueueConfig{MaxDeliveries: 2, DeadLetterQueue: "q.dlq"})
+	// The dead-letter queue exists from the start, empty.
+	dlqInfo, err := b.srv.QueueGet(ctx, "q.dlq")
+	require.NoError(t, err)
+	require.Zero(t, dlqInfo.Depth)
 	ids := publishMsgs(t, b.srv, "q", server.Message{Body: []byte("poison"), Headers: map[string]string{"a": "b"}})
 
 	for range 2 {

@@ -44,13 +44,11 @@ func bench(ctx context.Context, log *slog.Logger, o options, w io.Writer) error 
 	if err := add("raw COPY, batches of 1000", 1, rawCopy, err, "", 0); err != nil {
 		return err
 	}
-	rawSingle := map[int]*sample{}
 	for _, c := range o.clients {
 		s, err := r.singleInserts(ctx, c, o.duration)
 		if err := add("raw single-row INSERT commits", c, s, err, "", 0); err != nil {
 			return err
 		}
-		rawSingle[c] = s
 	}
 	rawDel, err := r.deleteBatches(ctx, 100, o.duration)
 	if err := add("raw DELETE by key, batches of 100", 1, rawDel, err, "", 0); err != nil {
@@ -128,7 +126,6 @@ func bench(ctx context.Context, log *slog.Logger, o options, w io.Writer) error 
 		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %s | %d | %s |\n", x.name, x.clients, x.s.rate(),
 			ms(x.s.pct(0.50)), ms(x.s.pct(0.99)), ms(x.s.pct(0.999)), x.s.errs, ratio)
 	}
-	_ = rawSingle
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -40,7 +41,7 @@ func startBroker(ctx context.Context, log *slog.Logger, binary, store, prefix st
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	args := []string{"serve", "--store", store, "--listen", addr, "--node-name", "bench", "--log-level", "warn"}
 	for _, t := range []string{"bindings", "message", "large-message", "page-store", "node-manager-store", "duplicate-ids", "migrations"} {
-		args = append(args, "--"+t+"-table-name", prefix+t)
+		args = append(args, "--"+t+"-table-name", prefix+strings.ReplaceAll(t, "-", "_"))
 	}
 	cmd := exec.Command(binary, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
