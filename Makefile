@@ -47,8 +47,8 @@ fuzz: ## run each fuzz target (func FuzzXxx in *_test.go) for FUZZTIME (default 
 	done; \
 	if [ $$found = 0 ]; then echo "no fuzz targets found"; fi
 
-bench: build ## measure publish and receive+ack throughput (see BENCHMARKS.md)
-	$(GO) run ./cmd/tmqbench -binary $(BIN)
+bench: build ## measure throughput and latency beside raw PostgreSQL and RabbitMQ (BENCHMARKS.md; BENCH_FLAGS='-runs 3' for medians)
+	$(GO) run ./cmd/tmqbench -binary $(BIN) $(BENCH_FLAGS)
 
 lint: imports ## gofmt, go vet, staticcheck, import rules, golangci-lint when installed
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt -w needed on:"; echo "$$out"; exit 1; fi

@@ -104,7 +104,7 @@ func (l *logBuffer) Write(p []byte) (int, error) {
 			Msg    string `json:"msg"`
 			Listen string `json:"listen"`
 		}
-		if l.listen == "" && json.Unmarshal(line, &rec) == nil && rec.Msg == "tablemq is live" && rec.Listen != "" {
+		if l.listen == "" && json.Unmarshal(line, &rec) == nil && rec.Msg == "listening" && rec.Listen != "" {
 			l.listen = rec.Listen
 			close(l.live)
 		}
@@ -117,6 +117,19 @@ func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
+}
+
+// count returns how many lines of the output so far contain substr.
+func (l *logBuffer) count(substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range strings.Split(l.buf.String(), "\n") {
+		if strings.Contains(line, substr) {
+			n++
+		}
+	}
+	return n
 }
 
 // broker is one tablemq process.
@@ -160,32 +173,152 @@ func launch(t *testing.T, name string, args ...string) *broker {
 	return b
 }
 
-// startBroker starts `tablemq serve` on store, on a free port, and waits until it is
-// live and /readyz answers 200.
-func startBroker(ctx context.Context, t *testing.T, name, store string, extra ...string) *broker {
+// Lock settings of every instance the tests start: fast, so that a takeover after
+// kill -9 (or a restart of a policy-none instance after one) takes about a second.
+const (
+	lockRenewPeriod = 200 * time.Millisecond
+	lockExpiration  = time.Second
+	networkTimeout  = 500 * time.Millisecond
+	pollInterval    = 100 * time.Millisecond
+)
+
+// serveArgs are the arguments of `tablemq serve` for an instance named name on store;
+// extra comes last, so it overrides the defaults.
+func serveArgs(name, store string, extra ...string) []string {
+	args := []string{"serve", "--store", store, "--listen", "127.0.0.1:0", "--node-name", name,
+		"--log-format", "json", "--shutdown-timeout", "20s",
+		"--lock-renew-period", lockRenewPeriod.String(), "--lock-expiration", lockExpiration.String(),
+		"--network-timeout", networkTimeout.String(), "--backup-poll-interval", pollInterval.String()}
+	return append(args, extra...)
+}
+
+// launchServe starts `tablemq serve` on store and waits for its "listening" line,
+// which every instance prints, live or backup; base is set then.
+func launchServe(ctx context.Context, t *testing.T, name, store string, extra ...string) *broker {
 	t.Helper()
-	args := append([]string{"serve", "--store", store, "--listen", "127.0.0.1:0", "--node-name", name,
-		"--log-format", "json", "--shutdown-timeout", "20s"}, extra...)
-	b := launch(t, name, args...)
+	b := launch(t, name, serveArgs(name, store, extra...)...)
 	b.store = store
 	select {
 	case <-b.log.live:
 	case <-b.done:
-		t.Fatalf("%s exited before it was live: %v", name, b.err)
+		t.Fatalf("%s exited before it was listening: %v", name, b.err)
 	case <-ctx.Done():
-		t.Fatalf("%s was not live in time", name)
+		t.Fatalf("%s was not listening in time", name)
 	}
 	b.log.mu.Lock()
 	b.base = "http://" + b.log.listen
 	b.log.mu.Unlock()
-	eventually(ctx, t, name+" /readyz 200", func() error {
-		st, _ := b.request(ctx, http.MethodGet, "/readyz", nil, nil)
-		if st != http.StatusOK {
+	return b
+}
+
+// startBroker starts `tablemq serve` on store, on a free port, and waits until it is
+// live and /readyz answers 200. With no --ha-policy in extra it runs with policy none.
+func startBroker(ctx context.Context, t *testing.T, name, store string, extra ...string) *broker {
+	t.Helper()
+	b := launchServe(ctx, t, name, store, extra...)
+	b.awaitReady(ctx)
+	return b
+}
+
+// startPrimary starts a live instance with policy shared-store-primary.
+func startPrimary(ctx context.Context, t *testing.T, name, store string, extra ...string) *broker {
+	t.Helper()
+	return startBroker(ctx, t, name, store, append([]string{"--ha-policy", "shared-store-primary"}, extra...)...)
+}
+
+// startBackup starts an instance with policy shared-store-backup and waits until
+// /v1/cluster shows it waiting as a backup.
+func startBackup(ctx context.Context, t *testing.T, name, store string, extra ...string) *broker {
+	t.Helper()
+	b := launchServe(ctx, t, name, store, append([]string{"--ha-policy", "shared-store-backup"}, extra...)...)
+	b.awaitRole(ctx, "backup")
+	return b
+}
+
+// awaitReady waits until /readyz answers 200.
+func (b *broker) awaitReady(ctx context.Context) {
+	b.t.Helper()
+	eventually(ctx, b.t, b.name+" /readyz 200", func() error {
+		if st := b.ready(ctx); st != http.StatusOK {
 			return fmt.Errorf("status %d", st)
 		}
 		return nil
 	})
-	return b
+}
+
+// awaitRole waits until /v1/cluster shows role.
+func (b *broker) awaitRole(ctx context.Context, role string) clusterStatus {
+	b.t.Helper()
+	var cs clusterStatus
+	eventually(ctx, b.t, b.name+" role "+role, func() error {
+		select {
+		case <-b.done:
+			b.t.Fatalf("%s exited while waiting for role %s: %v", b.name, role, b.err)
+		default:
+		}
+		var err error
+		if cs, err = b.cluster(ctx); err != nil {
+			return err
+		}
+		if cs.Role != role {
+			return fmt.Errorf("role %q", cs.Role)
+		}
+		return nil
+	})
+	return cs
+}
+
+// probeTimeout bounds one health or status probe, so that a stopped process does not
+// hold a poll loop.
+const probeTimeout = 2 * time.Second
+
+// ready returns the status of /readyz (0 when the request failed).
+func (b *broker) ready(ctx context.Context) int {
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	st, _ := b.request(pctx, http.MethodGet, "/readyz", nil, nil)
+	return st
+}
+
+// clusterStatus is the answer of GET /v1/cluster.
+type clusterStatus struct {
+	NodeName      string    `json:"node_name"`
+	Role          string    `json:"role"`
+	Epoch         int64     `json:"epoch"`
+	LiveNode      string    `json:"live_node"`
+	LockExpiresAt time.Time `json:"lock_expires_at"`
+	Backups       []string  `json:"backups"`
+}
+
+// cluster asks /v1/cluster.
+func (b *broker) cluster(ctx context.Context) (clusterStatus, error) {
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	var cs clusterStatus
+	st, data := b.request(pctx, http.MethodGet, "/v1/cluster", nil, nil)
+	if st != http.StatusOK {
+		return cs, fmt.Errorf("/v1/cluster of %s: status %d: %s", b.name, st, data)
+	}
+	if err := json.Unmarshal(data, &cs); err != nil {
+		return cs, fmt.Errorf("/v1/cluster of %s: %w: %s", b.name, err, data)
+	}
+	return cs, nil
+}
+
+// exited reports whether the process has ended.
+func (b *broker) exited() bool {
+	select {
+	case <-b.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// signal sends sig to the process.
+func (b *broker) signal(sig syscall.Signal) {
+	b.t.Helper()
+	require.NoError(b.t, b.cmd.Process.Signal(sig), "signal %s to %s", sig, b.name)
 }
 
 // kill sends SIGKILL and waits for the process to end.

@@ -7,6 +7,7 @@
 //
 //	GET    /livez                                     200 while the process runs
 //	GET    /readyz                                    200 on the live broker, else 503 not_live
+//	GET    /metrics                                   Prometheus metrics (answered in every role)
 //	GET    /openapi.yaml                              this API as OpenAPI 3.0.3
 //	GET    /v1/cluster                                role and lock status (answered in every role)
 //	GET    /v1/queues                                 list queues
@@ -65,5 +66,14 @@
 //   - Output: lists are always arrays (never null), times are RFC 3339 in UTC,
 //     message data is standard base64, queue config durations are strings and unset
 //     settings are left out.
+//   - Metrics: GET /metrics serves Config.Metrics (NewMetrics, on a dedicated
+//     prometheus.Registry, never the global one) in every role, outside the not-live
+//     gate. Every request is timed by method, chi route pattern (never the raw path)
+//     and status class. The broker's totals (server.Counters), role, epoch and queue
+//     depths are read from the broker at scrape time, so nothing is counted twice;
+//     per-queue series are left out above MaxQueueSeries queues. The store writer's
+//     commits and the node manager's lock renewals reach the metrics through the
+//     callbacks ObserveCommit and ObserveRenew, wired by cmd. pprof is not served
+//     here: tablemq serve --pprof-listen serves it on a listener of its own.
 //   - A receive may wait up to 30s: the http.Server's WriteTimeout must be longer.
 package httpapi

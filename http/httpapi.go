@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tablemq/tablemq/server"
 )
@@ -66,6 +67,9 @@ type Config struct {
 	// Logger receives request logs (at debug) and internal errors; nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// Metrics is served at GET /metrics and observes every request; nil means metrics
+	// on a registry of this handler's own (see NewMetrics).
+	Metrics *Metrics
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -81,6 +85,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Metrics == nil {
+		c.Metrics, _ = NewMetrics(prometheus.NewRegistry()) // a fresh registry holds no clash
 	}
 	return c
 }
@@ -100,9 +107,11 @@ func New(b Broker, cfg Config) http.Handler {
 
 	r := chi.NewRouter()
 	// GetHead answers HEAD on every GET route (load balancers health-check with HEAD).
-	r.Use(requestID, a.logRequests, a.recoverPanics, middleware.GetHead)
+	r.Use(requestID, cfg.Metrics.observeRequests, a.logRequests, a.recoverPanics, middleware.GetHead)
+	cfg.Metrics.setBroker(b)
 
 	r.Get("/livez", a.livez)
+	r.Get("/metrics", cfg.Metrics.handler(a.log).ServeHTTP) // every role, like /livez
 	r.Get("/readyz", a.readyz)
 	r.Get("/openapi.yaml", serveOpenAPI)
 

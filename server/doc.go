@@ -22,9 +22,11 @@
 // (it commits what is queued) and turns the role to backup. It is idempotent; a
 // concurrent caller waits for the first. When a commit fails with sqlstore.ErrFenced
 // (another broker bumped the epoch) the server deactivates itself the same way and
-// closes Done: it never becomes live again on its own. Role is an atomic read.
-// ClusterStatus shows the node name, role, epoch and, while live, itself as live node
-// (lock_expires_at stays zero until the node manager fills it).
+// closes Done: it never becomes live again on its own; the node manager, which drives
+// Activate and Deactivate, notices the lost lock at its next renewal. Role is an
+// atomic read. ClusterStatus shows the node name, role and epoch, with the group view
+// (live node, lock expiry, waiting backups, the role while not live) supplied by
+// Config.HA, the node manager's status.
 //
 // # Message ids
 //
@@ -114,8 +116,9 @@
 //
 // DeliveryCount is the stored count plus the deliveries by this live; Redelivered is
 // DeliveryCount > 1. The count is written (MessageUpdate, through the writer) only when
-// a message goes back, by nack or lease expiry, not on every receive: after a crash a
-// message's count can be one short.
+// a message goes back, by nack or lease expiry, and for every message in flight when
+// the server deactivates gracefully (a handover, a restart), not on every receive:
+// after a crash a message's count can be one short.
 //
 // A receipt names one delivery: "<epoch hex>.<id hex>.<nonce hex>" (lower-case hex,
 // no leading zeros: any other spelling is malformed), with a random nonce per

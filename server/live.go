@@ -172,6 +172,9 @@ func (l *live) deactivate(fenced bool) {
 	close(l.stopping) // new calls fail; waiting receivers return
 	close(l.reaperStop)
 	<-l.reaperDone
+	if !fenced {
+		l.persistDeliveryCounts()
+	}
 	l.w.Stop()
 	if fenced {
 		s.doneMu.Lock()
@@ -185,6 +188,31 @@ func (l *live) deactivate(fenced bool) {
 	s.cur.CompareAndSwap(l, nil)
 	s.setRole(RoleBackup)
 	close(l.finished)
+}
+
+// persistDeliveryCounts writes the delivery count of every persistent message in
+// flight, so that the next live (after a graceful handover or restart) delivers them
+// again as redelivered with the right count. Counts are otherwise written only when a
+// message goes back (nack, lease end); after a crash they can be one short.
+func (l *live) persistDeliveryCounts() {
+	var updates []sqlstore.MessageUpdate
+	for _, q := range l.queueSnapshot() {
+		q.mu.Lock()
+		for _, m := range q.index {
+			if m.state == stInFlight && m.persistent {
+				updates = append(updates, sqlstore.MessageUpdate{Queue: q.name, ID: m.id, DeliveryCount: m.deliveries, DeliverAt: m.deliverAt})
+			}
+		}
+		q.mu.Unlock()
+	}
+	if len(updates) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := l.w.Write(ctx, &sqlstore.Batch{MessageUpdates: updates}); err != nil {
+		l.log.Warn("persisting the delivery counts of messages in flight", "count", len(updates), "error", err)
+	}
 }
 
 // write commits b through the group-commit writer and maps its errors to the

@@ -44,6 +44,8 @@ type Config struct {
 	// Writer configures the group-commit writer. Its OnFenced is called before the
 	// server's own handling.
 	Writer sqlstore.WriterConfig
+	// HA, if set, supplies the node manager's view of the group for ClusterStatus.
+	HA func() HAView
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Now is the clock of leases, delays, TTLs and the duplicate window; nil means
@@ -208,7 +210,9 @@ func (s *Server) Done() <-chan struct{} {
 // Role returns the current role.
 func (s *Server) Role() Role { return *s.role.Load() }
 
-// ClusterStatus returns what GET /v1/cluster shows.
+// ClusterStatus returns what GET /v1/cluster shows. The view of the group (live node,
+// lock expiry, waiting backups, and the role while this instance is not live) comes
+// from Config.HA when set.
 func (s *Server) ClusterStatus() ClusterStatus {
 	st := ClusterStatus{
 		NodeName: s.cfg.NodeName,
@@ -218,6 +222,23 @@ func (s *Server) ClusterStatus() ClusterStatus {
 	}
 	if st.Role == RoleLive {
 		st.LiveNode = s.cfg.NodeName
+	}
+	if s.cfg.HA == nil {
+		return st
+	}
+	v := s.cfg.HA()
+	if st.Role != RoleLive && st.Role != RoleStopping && v.Role != "" {
+		st.Role = v.Role
+	}
+	if v.Epoch > st.Epoch {
+		st.Epoch = v.Epoch
+	}
+	if v.LiveNode != "" {
+		st.LiveNode = v.LiveNode
+	}
+	st.LockExpiresAt = v.LockExpiresAt
+	if v.Backups != nil {
+		st.Backups = v.Backups
 	}
 	return st
 }

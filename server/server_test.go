@@ -871,7 +871,9 @@ func TestRestartRedeliversUnacked(t *testing.T) {
 		require.Equal(t, []string{"1", "3", "5", "7", "9"}, bodies(again))
 		for _, d := range again {
 			require.NotContains(t, acked, string(d.Body))
-			require.GreaterOrEqual(t, d.DeliveryCount, 1)
+			// A graceful deactivation persisted the counts of the messages in flight.
+			require.Equal(t, 2, d.DeliveryCount, "message %s", d.Body)
+			require.True(t, d.Redelivered, "message %s", d.Body)
 		}
 		// Old receipts of the unacked messages are stale: the new live delivered them.
 		res, err := srv.Ack(ctx, "q", receipts(ds))

@@ -162,3 +162,13 @@ type ClusterStatus struct {
 	LockExpiresAt time.Time `json:"lock_expires_at"`
 	Backups       []string  `json:"backups"`
 }
+
+// HAView is the node manager's view of the live-backup group, shown by ClusterStatus.
+type HAView struct {
+	// Role is this instance's role while it is not live (starting, backup).
+	Role          Role
+	Epoch         int64
+	LiveNode      string
+	LockExpiresAt time.Time // on the database's clock
+	Backups       []string
+}

@@ -24,9 +24,9 @@
 // (BatchCommit) first reads that row under a share lock (PostgreSQL FOR SHARE, MySQL
 // LOCK IN SHARE MODE; SQLite takes the database write lock with BEGIN IMMEDIATE) and
 // aborts with ErrFenced if the epoch is not the one the writer was given. A takeover
-// (EpochBump, and later the node manager's acquisition) increments that row in its own
-// transaction: its exclusive row lock waits for every in-flight write transaction of the
-// old live to finish, and every write transaction that starts after it sees the new
+// (LeaseAcquire, which takes the live lock and increments the epoch in one
+// transaction; or EpochBump) updates that row: its exclusive row lock waits for every
+// in-flight write transaction of the old live to finish, and every write transaction that starts after it sees the new
 // epoch and aborts. So there is no instant at which the old live's write can commit
 // after the new epoch is visible: the two are serialised by the row lock. Lease renewals
 // touch the live-lock row (NodeRowLiveLock), never the epoch row, so they never queue

@@ -191,6 +191,9 @@ type Driver interface {
 	// ErrNotFound.
 	DuplicateGet(ctx context.Context, params *DuplicateGetParams) (int64, error)
 
+	// LeaseStore holds the node manager's statements on the live lock.
+	LeaseStore
+
 	// Close releases the driver's connections.
 	Close() error
 }

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -46,6 +47,21 @@ func (f *fakeDriver) DuplicateGet(context.Context, *DuplicateGetParams) (int64, 
 	return 0, ErrNotFound
 }
 func (f *fakeDriver) Close() error { return nil }
+
+var errFakeLease = errors.New("fake driver: no lease")
+
+func (f *fakeDriver) LeaseAcquire(context.Context, *LeaseAcquireParams) (*LeaseState, error) {
+	return nil, errFakeLease
+}
+func (f *fakeDriver) LeaseRenew(context.Context, *LeaseRenewParams) (*LeaseState, error) {
+	return nil, errFakeLease
+}
+func (f *fakeDriver) LeaseRelease(context.Context, *LeaseReleaseParams) error { return errFakeLease }
+func (f *fakeDriver) LeaseGet(context.Context) (*LeaseState, error)           { return nil, errFakeLease }
+func (f *fakeDriver) LeaseAnnounce(context.Context, *LeaseAnnounceParams) error {
+	return errFakeLease
+}
+func (f *fakeDriver) LeaseWithdraw(context.Context, string) error { return errFakeLease }
 
 func (f *fakeDriver) BatchCommit(ctx context.Context, p *BatchCommitParams) error {
 	f.mu.Lock()

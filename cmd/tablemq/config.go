@@ -30,6 +30,7 @@ const (
 	LockRenewPeriodDefault = nodemanager.LockRenewPeriodDefault
 	LockExpirationDefault  = nodemanager.LockExpirationDefault
 	NetworkTimeoutDefault  = nodemanager.NetworkTimeoutDefault
+	PollIntervalDefault    = nodemanager.PollIntervalDefault
 	ShutdownTimeoutDefault = 30 * time.Second
 	LogLevelDefault        = "info"
 	LogFormatDefault       = "text"
@@ -63,6 +64,7 @@ type options struct {
 	HAPolicy           string
 	LockRenewPeriod    time.Duration
 	LockExpiration     time.Duration
+	BackupPollInterval time.Duration
 	FailoverOnShutdown bool
 	AllowFailback      bool
 	RestartBackup      bool
@@ -70,6 +72,7 @@ type options struct {
 	DuplicateWindow    time.Duration
 	MaxMessageSize     byteSize
 	ShutdownTimeout    time.Duration
+	PprofListen        string
 
 	// store is the parsed --store (with the password of --store-password-file); set
 	// by validate.
@@ -114,6 +117,7 @@ func registerServe(fs *pflag.FlagSet, o *options) {
 	fs.StringVar(&o.HAPolicy, "ha-policy", HAPolicyDefault, "HA policy: none, shared-store-primary or shared-store-backup")
 	fs.DurationVar(&o.LockRenewPeriod, "lock-renew-period", LockRenewPeriodDefault, "how often the live renews the live lock")
 	fs.DurationVar(&o.LockExpiration, "lock-expiration", LockExpirationDefault, "how long the live lock lasts after a renewal (database clock)")
+	fs.DurationVar(&o.BackupPollInterval, "backup-poll-interval", PollIntervalDefault, "how often a waiting instance tries the live lock")
 	fs.BoolVar(&o.FailoverOnShutdown, "failover-on-shutdown", false, "a graceful stop of the live hands over to a backup")
 	fs.BoolVar(&o.AllowFailback, "allow-failback", false, "a backup that became live hands back when the primary returns")
 	fs.BoolVar(&o.RestartBackup, "restart-backup", false, "after handing back, wait as a backup again")
@@ -122,6 +126,8 @@ func registerServe(fs *pflag.FlagSet, o *options) {
 	o.MaxMessageSize = server.MaxMessageSizeDefault
 	fs.Var(&o.MaxMessageSize, "max-message-size", "largest message body, in bytes (suffixes KiB, MiB, GiB, KB, MB, GB allowed)")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", ShutdownTimeoutDefault, "bound on a graceful stop")
+	fs.StringVar(&o.PprofListen, "pprof-listen", "",
+		"address HOST:PORT serving net/http/pprof on a listener of its own; empty: off")
 }
 
 func defaultNodeName() string {
@@ -333,7 +339,7 @@ func (o *options) validate(readFile func(string) ([]byte, error)) error {
 	if o.ShutdownTimeout <= 0 {
 		return fmt.Errorf("shutdown-timeout: must be positive, got %s", o.ShutdownTimeout)
 	}
-	return nil
+	return o.validatePprof()
 }
 
 // haConfig returns the node manager's part of the options.
@@ -344,6 +350,7 @@ func (o *options) haConfig() nodemanager.Config {
 		LockRenewPeriod:    o.LockRenewPeriod,
 		LockExpiration:     o.LockExpiration,
 		NetworkTimeout:     o.NetworkTimeout,
+		PollInterval:       o.BackupPollInterval,
 		FailoverOnShutdown: o.FailoverOnShutdown,
 		AllowFailback:      o.AllowFailback,
 		RestartBackup:      o.RestartBackup,

@@ -85,6 +85,7 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, LockRenewPeriodDefault, o.LockRenewPeriod)
 	require.Equal(t, LockExpirationDefault, o.LockExpiration)
 	require.Equal(t, NetworkTimeoutDefault, o.NetworkTimeout)
+	require.Equal(t, PollIntervalDefault, o.BackupPollInterval)
 	require.Equal(t, time.Duration(0), o.JournalSyncPeriod)
 	require.Equal(t, time.Hour, o.DuplicateWindow)
 	require.Equal(t, byteSize(1<<20), o.MaxMessageSize)
@@ -184,14 +185,14 @@ func TestBoolFlagForms(t *testing.T) {
 
 func TestHAPolicyWarns(t *testing.T) {
 	t.Parallel()
-	p := parse(t, []string{"serve", "--ha-policy", "shared-store-backup"}, nil, nil)
+	p := parse(t, []string{"serve", "--ha-policy", "shared-store-backup", "--allow-failback", "--restart-backup"}, nil, nil)
 	require.Equal(t, 0, p.code, p.stderr)
-	require.Len(t, p.opts.warnings, 1)
-	require.Contains(t, p.opts.warnings[0], "not implemented yet")
+	require.Empty(t, p.opts.warnings)
 
 	p = parse(t, []string{"serve", "--allow-failback"}, nil, nil)
 	require.Equal(t, 0, p.code, p.stderr)
-	require.NotEmpty(t, p.opts.warnings)
+	require.Len(t, p.opts.warnings, 1)
+	require.Contains(t, p.opts.warnings[0], "only with ha-policy shared-store-backup")
 }
 
 func TestStorePasswordFile(t *testing.T) {

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	httpapi "github.com/tablemq/tablemq/http"
 	"github.com/tablemq/tablemq/nodemanager"
 	"github.com/tablemq/tablemq/server"
@@ -20,35 +22,33 @@ const (
 	// migrateTimeout bounds applying the migrations, waiting for another instance's
 	// migration lock included.
 	migrateTimeout = 5 * time.Minute
-	// activateTimeoutMin is the least time Activate gets to load the bindings.
-	activateTimeoutMin = 30 * time.Second
 	// readHeaderTimeout bounds reading a request's headers (slow-loris guard).
 	readHeaderTimeout = 10 * time.Second
 	// readTimeout bounds reading a whole request, body included.
 	readTimeout = 2 * time.Minute
 	// idleTimeout closes keep-alive connections idle this long.
 	idleTimeout = 2 * time.Minute
-	// drainGrace is how long a graceful stop lets ordinary requests finish before it
-	// deactivates the server, which releases waiting long polls. Capped by a quarter of
-	// --shutdown-timeout.
-	drainGrace = 2 * time.Second
-	// fencedStopTimeout bounds the stop after this instance was fenced; every request
-	// is refused with 503 by then, so there is nothing worth waiting for.
+	// fencedStopTimeout bounds the stop after the node manager ended the process (the
+	// lock was lost or handed back); every request is refused with 503 by then.
 	fencedStopTimeout = 5 * time.Second
 )
 
 // runServe is `tablemq serve`.
 //
-// Start-up: listen first (a port clash must not fence a running instance), open the
-// store, migrate, take the fencing epoch (nodemanager.Acquire: in the spine it bumps the
-// epoch, so starting an instance fences any other instance on the same store), create the
-// server, serve HTTP (/livez and /readyz answer at once; /readyz is 503 until the
-// server is live), activate.
+// Start-up: listen first (a port clash must not disturb a running group), open the
+// store, migrate, create the server and the node manager, serve HTTP (/livez and
+// /readyz answer at once; /readyz is 503 until the server is live), and run the node
+// manager, which takes the live lock when it can and activates the server. With
+// --ha-policy none the start-up succeeds only once the instance is live (it waits at
+// most one lock expiration for a crashed predecessor's lock to lapse); a primary or
+// backup may wait as a backup. The node manager's exit (lock held or lost under
+// policy none, handed back without restart-backup) ends the process.
 //
 // Stop on SIGTERM or SIGINT: stop accepting connections and let requests in flight
-// finish (http.Server.Shutdown); after a short grace deactivate the server, which
-// releases waiting long polls, refuses what still arrives with 503 and drains the
-// writer; close the store. All of it within --shutdown-timeout; then exit 0.
+// finish (http.Server.Shutdown); at the same time stop the node manager, which
+// deactivates the server (waiting long polls end, what still arrives gets 503, the
+// writer drains) and releases the live lock per --failover-on-shutdown; close the
+// store. All of it within --shutdown-timeout; then exit 0.
 func runServe(ctx context.Context, a *app, o *options) (err error) {
 	held := newHeldWriter(a.stderr)
 	base := newLogger(o, held)
@@ -64,6 +64,15 @@ func runServe(ctx context.Context, a *app, o *options) (err error) {
 		return fmt.Errorf("listen: %w", err)
 	}
 	defer func() { _ = ln.Close() }() // on the normal path http.Server closes it first
+	pprofAddr, stopPprof, err := startPprof(o.PprofListen, log.With("component", "pprof"))
+	if err != nil {
+		return err
+	}
+	defer stopPprof()
+	metrics, err := httpapi.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		return err
+	}
 
 	drv, err := openStore(ctx, o, log)
 	if err != nil {
@@ -80,15 +89,8 @@ func runServe(ctx context.Context, a *app, o *options) (err error) {
 
 	hacfg := o.haConfig()
 	hacfg.Logger = log.With("component", "nodemanager")
-	nm, err := nodemanager.New(drv, hacfg)
-	if err != nil {
-		return err
-	}
-	epoch, err := nm.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-
+	hacfg.OnRenew = metrics.ObserveRenew
+	var nm *nodemanager.Manager
 	srv, err := server.New(drv, server.Config{
 		NodeName:        o.NodeName,
 		DuplicateWindow: o.DuplicateWindow,
@@ -96,15 +98,22 @@ func runServe(ctx context.Context, a *app, o *options) (err error) {
 		Writer: sqlstore.WriterConfig{
 			SyncPeriod: o.JournalSyncPeriod,
 			Logger:     log.With("component", "writer"),
+			OnCommit:   metrics.ObserveCommit,
 		},
+		HA:     func() server.HAView { return haView(nm.Status()) },
 		Logger: base.With("component", "server"), // the server adds node and epoch
 	})
+	if err != nil {
+		return err
+	}
+	nm, err = nodemanager.New(drv, srv, hacfg)
 	if err != nil {
 		return err
 	}
 	handler := httpapi.New(srv, httpapi.Config{
 		MaxBodyBytes: int64(o.MaxMessageSize),
 		Logger:       log.With("component", "http"),
+		Metrics:      metrics,
 	})
 	hs := &http.Server{
 		Handler:           handler,
@@ -129,25 +138,40 @@ func runServe(ctx context.Context, a *app, o *options) (err error) {
 		}
 	}
 
-	actx, cancel := context.WithTimeout(ctx, max(activateTimeoutMin, o.NetworkTimeout))
-	err = srv.Activate(actx, epoch)
-	cancel()
-	if err != nil {
-		stopHTTP(time.Second)
-		return fmt.Errorf("activate: %w", err)
+	// The node manager owns the live lock and activates the server when it holds it.
+	// It runs until nmCtx ends (a graceful stop: deactivate, then release the lock).
+	nmCtx, stopNM := context.WithCancel(context.Background())
+	defer stopNM()
+	nmDone := make(chan error, 1)
+	go func() { nmDone <- nm.Run(nmCtx) }()
+
+	// Policy none must be live (or fail) before the start counts as a success; the
+	// other policies have started once the manager runs: they may wait as backups.
+	if o.HAPolicy == string(nodemanager.PolicyNone) {
+		if err := awaitLive(ctx, srv, nmDone, serveErr); err != nil {
+			stopNM()
+			stopHTTP(time.Second)
+			return err
+		}
 	}
 
 	held.release(true)
 	for _, w := range o.warnings {
 		log.Warn(w)
 	}
-	log.Info("tablemq is live",
+	log.Info("listening",
 		"version", version,
 		"store", drv.Dialect(),
 		"store_url", o.store.Redacted,
-		"epoch", epoch,
 		"listen", ln.Addr().String(),
-		"ha_policy", o.HAPolicy)
+		"ha_policy", o.HAPolicy,
+		"holder", nm.HolderID())
+	if pprofAddr != "" {
+		log.Info("serving pprof", "pprof_listen", pprofAddr)
+	}
+	if srv.Role() == server.RoleLive {
+		log.Info("tablemq is live", "epoch", srv.ClusterStatus().Epoch, "listen", ln.Addr().String())
+	}
 
 	select {
 	case <-ctx.Done():
@@ -156,23 +180,72 @@ func runServe(ctx context.Context, a *app, o *options) (err error) {
 		}
 		log.Info("stopping", "reason", "signal", "timeout", o.ShutdownTimeout)
 		closeStore = false
-		return gracefulStop(o, log, hs, serveErr, srv, drv)
+		return gracefulStop(o, log, hs, serveErr, func() error { stopNM(); return <-nmDone }, drv)
 
-	case <-srv.Done():
-		log.Error("fenced: another instance took over the store; stopping", "epoch", epoch)
+	case err := <-nmDone:
 		stopHTTP(fencedStopTimeout)
 		srv.Deactivate()
-		return fmt.Errorf("fenced: another instance took over the store (this one held epoch %d); stopped", epoch)
+		if errors.Is(err, nodemanager.ErrHandedBack) {
+			log.Info("stopped after handing back to the primary (restart-backup is off)")
+			return nil
+		}
+		if err == nil {
+			err = errors.New("the node manager stopped")
+		}
+		return err
 
 	case err := <-serveErr:
-		srv.Deactivate()
+		stopNM()
+		if nmErr := <-nmDone; nmErr != nil {
+			log.Warn("node manager", "err", nmErr)
+		}
 		return fmt.Errorf("http server: %w", err)
 	}
 }
 
+// awaitLive waits until the server is live, the node manager gives up, the HTTP
+// server fails, or ctx ends (a signal during start-up: a clean stop).
+func awaitLive(ctx context.Context, srv *server.Server, nmDone <-chan error, serveErr <-chan error) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for srv.Role() != server.RoleLive {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-nmDone:
+			if err == nil {
+				err = errors.New("the node manager stopped during start-up")
+			}
+			return err
+		case err := <-serveErr:
+			return fmt.Errorf("http server: %w", err)
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// haView turns the node manager's status into the server's view of the group.
+func haView(st nodemanager.Status) server.HAView {
+	role := server.RoleStarting
+	switch st.Role {
+	case nodemanager.RoleBackup:
+		role = server.RoleBackup
+	case nodemanager.RoleLive:
+		role = server.RoleLive
+	case nodemanager.RoleStopping, nodemanager.RoleStopped:
+		role = server.RoleStopping
+	}
+	backups := st.Backups
+	if backups == nil {
+		backups = []string{}
+	}
+	return server.HAView{Role: role, Epoch: st.Epoch, LiveNode: st.LiveNode, LockExpiresAt: st.LockExpiresAt, Backups: backups}
+}
+
 // gracefulStop stops the HTTP server, the broker and the store within
 // --shutdown-timeout. It returns nil when everything stopped in time.
-func gracefulStop(o *options, log *slog.Logger, hs *http.Server, serveErr <-chan error, srv *server.Server, drv sqlstore.Driver) error {
+func gracefulStop(o *options, log *slog.Logger, hs *http.Server, serveErr <-chan error, stopManager func() error, drv sqlstore.Driver) error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
 	defer cancel()
@@ -181,22 +254,16 @@ func gracefulStop(o *options, log *slog.Logger, hs *http.Server, serveErr <-chan
 	go func() { shutdownDone <- hs.Shutdown(ctx) }()
 
 	clean := true
-	httpStopped := false
-	grace := time.NewTimer(min(drainGrace, o.ShutdownTimeout/4))
-	defer grace.Stop()
-	select {
-	case err := <-shutdownDone:
-		httpStopped = true
-		if err != nil {
-			clean = false
-		}
-	case <-grace.C:
-		// Requests still running are long polls (or slow): deactivating releases them.
-	}
 
+	// At the same time, the node manager deactivates the server (waiting long polls
+	// end, what still arrives gets 503 so clients move to the next live, publishes
+	// and acks under way commit as the writer drains) and releases the live lock: a
+	// backup takes over at once with failover-on-shutdown, or the group pauses.
 	deactivated := make(chan struct{})
 	go func() {
-		srv.Deactivate()
+		if err := stopManager(); err != nil {
+			log.Warn("node manager", "err", err)
+		}
 		close(deactivated)
 	}()
 	select {
@@ -206,12 +273,10 @@ func gracefulStop(o *options, log *slog.Logger, hs *http.Server, serveErr <-chan
 		clean = false
 	}
 
-	if !httpStopped {
-		if err := <-shutdownDone; err != nil {
-			log.Error("requests still running at shutdown-timeout were cut off", "err", err)
-			_ = hs.Close()
-			clean = false
-		}
+	if err := <-shutdownDone; err != nil {
+		log.Error("requests still running at shutdown-timeout were cut off", "err", err)
+		_ = hs.Close()
+		clean = false
 	}
 	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("http server", "err", err)

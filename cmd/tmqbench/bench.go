@@ -10,18 +10,12 @@ import (
 	"time"
 )
 
-type row struct {
-	name    string
-	clients int
-	s       *sample
-	base    string  // name of the baseline row
-	baseVal float64 // its rate
-}
-
 func bench(ctx context.Context, log *slog.Logger, o options, w io.Writer) error {
+	if err := o.more.parse(); err != nil {
+		return err
+	}
 	prefix := fmt.Sprintf("tmqbench%d_", time.Now().UnixNano()%1_000_000)
 	body := payload(o.size)
-	want := func(name string) bool { return o.only == "" || strings.Contains(name, o.only) }
 
 	r, err := newRaw(ctx, o.store, prefix, o.size)
 	if err != nil {
@@ -29,104 +23,143 @@ func bench(ctx context.Context, log *slog.Logger, o options, w io.Writer) error 
 	}
 	defer r.close(context.Background(), o.keep)
 
-	var rows []row
-	add := func(name string, clients int, s *sample, err error, base string, baseVal float64) error {
+	var runs [][]result
+	for i := 1; i <= o.more.runs; i++ {
+		log.Info("run", "n", i, "of", o.more.runs)
+		res, err := runOnce(ctx, log, o, r, body, fmt.Sprintf("%sr%d_", prefix, i))
 		if err != nil {
-			return fmt.Errorf("%s (%d clients): %w", name, clients, err)
-		}
-		log.Info("scenario done", "scenario", name, "clients", clients, "msgs_per_s", int(s.rate()), "errors", s.errs)
-		rows = append(rows, row{name, clients, s, base, baseVal})
-		return nil
-	}
-
-	// Raw baselines first, on an empty table.
-	rawCopy, err := r.copyBatches(ctx, 1000, 1, o.duration)
-	if err := add("raw COPY, batches of 1000", 1, rawCopy, err, "", 0); err != nil {
-		return err
-	}
-	for _, c := range o.clients {
-		s, err := r.singleInserts(ctx, c, o.duration)
-		if err := add("raw single-row INSERT commits", c, s, err, "", 0); err != nil {
 			return err
 		}
+		runs = append(runs, res)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 	}
-	rawDel, err := r.deleteBatches(ctx, 100, o.duration)
-	if err := add("raw DELETE by key, batches of 100", 1, rawDel, err, "", 0); err != nil {
-		return err
-	}
+	rows := aggregate(runs)
 
-	b, err := startBroker(ctx, log, o.binary, o.store, prefix)
-	if err != nil {
-		return err
-	}
-	defer b.stop()
-
-	for _, c := range o.clients {
-		name := "publish, 1 msg/request"
-		if !want(name) {
-			continue
-		}
-		q := fmt.Sprintf("pub%d", c)
-		if err := b.createQueue(ctx, q); err != nil {
-			return err
-		}
-		sctx, cancel := context.WithTimeout(ctx, o.duration)
-		s, err := runWorkers(sctx, c, 1, func(ctx context.Context, _ int) (int, error) {
-			return 1, b.publish(ctx, q, body)
-		})
-		cancel()
-		if err := add(name, c, s, err, "raw COPY", rawCopy.rate()); err != nil {
-			return err
-		}
-	}
-
-	for _, c := range o.clients {
-		name := "receive+ack, max 10/request"
-		if !want(name) {
-			continue
-		}
-		q := fmt.Sprintf("cons%d", c)
-		if err := b.createQueue(ctx, q); err != nil {
-			return err
-		}
-		// Prefill: enough for the whole scenario at a generous rate, by batch publish.
-		prefill := 100_000
-		log.Info("prefilling", "queue", q, "messages", prefill)
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		_, err := runWorkers(pctx, 4, 100, func(ctx context.Context, _ int) (int, error) {
-			if prefill <= 0 {
-				return 0, errExhausted
-			}
-			prefill -= 100 // racy decrement is fine: an overshoot of a few batches does not matter
-			return 100, b.publishBatch(ctx, q, body, 100)
-		})
-		cancel()
-		if err != nil {
-			return fmt.Errorf("prefill: %w", err)
-		}
-		sctx, cancel := context.WithTimeout(ctx, o.duration)
-		s, err := runWorkers(sctx, c, 10, func(ctx context.Context, _ int) (int, error) {
-			return b.receiveAck(ctx, q, 10)
-		})
-		cancel()
-		if err := add(name, c, s, err, "raw DELETE", rawDel.rate()); err != nil {
-			return err
-		}
-	}
-
-	fmt.Fprintf(w, "\n### %s: %d-byte messages, %s per scenario, GOMAXPROCS=%d, store %s\n\n",
-		time.Now().UTC().Format(time.RFC3339), o.size, o.duration, runtime.GOMAXPROCS(0), redact(o.store))
-	fmt.Fprintln(w, "| scenario | clients | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | ratio to raw |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---|")
-	for _, x := range rows {
-		ratio := ""
-		if x.baseVal > 0 {
-			ratio = fmt.Sprintf("%.2f × %s", x.s.rate()/x.baseVal, x.base)
-		}
-		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %s | %d | %s |\n", x.name, x.clients, x.s.rate(),
-			ms(x.s.pct(0.50)), ms(x.s.pct(0.99)), ms(x.s.pct(0.999)), x.s.errs, ratio)
-	}
+	fmt.Fprintf(w, "\n### %s: %d-byte messages, %s per scenario, %s, GOMAXPROCS=%d, store %s\n\n",
+		time.Now().UTC().Format(time.RFC3339), o.size, o.duration, runsLabel(o.more.runs), runtime.GOMAXPROCS(0), redact(o.store))
+	printTable(w, rows)
+	fmt.Fprintln(w)
+	printGoals(w, rows)
 	return nil
+}
+
+func runsLabel(n int) string {
+	if n == 1 {
+		return "1 run"
+	}
+	return fmt.Sprintf("median of %d runs", n)
+}
+
+// runOnce runs every selected scenario once: the raw baselines, a broker on fresh
+// tables named with prefix, the embedded SQLite broker, and RabbitMQ.
+func runOnce(ctx context.Context, log *slog.Logger, o options, rw *raw, body []byte, prefix string) ([]result, error) {
+	ru := &runner{log: log, o: o, body: body}
+	rawRow := func(id, name string, c int, s *sample, err error) {
+		if err != nil {
+			ru.failed(id, name, c, err)
+			return
+		}
+		ru.add(result{id: id, name: name, clients: c, s: s})
+	}
+
+	// Raw baselines first, on an empty table, always (every ratio needs them).
+	if err := rw.reset(ctx); err != nil {
+		return nil, err
+	}
+	s, err := rw.copyBatches(ctx, 1000, 1, o.duration)
+	rawRow("raw-copy", "raw COPY, batches of 1000", 1, s, err)
+	for _, c := range o.more.rawC {
+		s, err := rw.singleInserts(ctx, c, o.duration)
+		rawRow(fmt.Sprintf("raw-insert/%d", c), "raw single-row INSERT commits", c, s, err)
+	}
+	s, err = rw.deleteBatches(ctx, 100, o.duration)
+	rawRow("raw-delete", "raw DELETE by key, batches of 100", 1, s, err)
+	if err := rw.reset(ctx); err != nil {
+		return nil, err
+	}
+	if ctx.Err() != nil {
+		return ru.out, nil
+	}
+
+	names := []string{"publish, 1 msg/request", "publish, batch of 100/request", "receive+ack", "steady", "fan-out"}
+	needBroker := false
+	for _, n := range names {
+		needBroker = needBroker || ru.want(n)
+	}
+	if needBroker {
+		b, err := startBroker(ctx, log, o.binary, o.store, prefix)
+		if err != nil {
+			return nil, err
+		}
+		func() {
+			defer b.stop()
+			if ru.want(names[0]) {
+				for _, c := range o.clients {
+					ru.publishOne(ctx, b, c)
+				}
+			}
+			if ru.want(names[1]) {
+				for _, c := range o.more.batchC {
+					ru.publishBatch(ctx, b, c)
+				}
+			}
+			if ru.want(names[2]) {
+				for _, bs := range o.more.recvB {
+					for _, c := range o.more.consC {
+						ru.receiveAck(ctx, b, bs, c)
+					}
+				}
+			}
+			if ru.want(names[3]) {
+				rate, why := o.more.steadyRate, "-steady-rate"
+				if rate <= 0 {
+					best := 0.0
+					for _, c := range o.clients {
+						best = max(best, ru.rate(fmt.Sprintf("pub/%d", c)))
+					}
+					rate, why = best/2, "half of max"
+					if best == 0 {
+						rate, why = 1000, "no publish measured: default"
+					}
+				}
+				ru.steady(ctx, b, rate, why)
+			}
+			if ru.want(names[4]) {
+				ru.fanout(ctx, b)
+			}
+		}()
+		if !o.keep {
+			if err := rw.dropPrefix(context.Background(), prefix); err != nil {
+				log.Warn("drop broker tables", "prefix", prefix, "err", err)
+			}
+		}
+	}
+	if ru.want("embedded SQLite") && ctx.Err() == nil {
+		ru.sqlite(ctx, prefix)
+	}
+	if ru.rabbitOn() && ru.want("RabbitMQ") && ctx.Err() == nil {
+		if ru.rabbit(ctx, "classic", prefix) {
+			ru.rabbit(ctx, "quorum", prefix)
+		} else {
+			ru.out = append(ru.out, result{id: "rmq-quorum-pub", name: "RabbitMQ quorum: publish, confirms", clients: o.more.rabbitPubs, note: "skipped: RabbitMQ unreachable"},
+				result{id: "rmq-quorum-cons", name: "RabbitMQ quorum: consume, manual ack", clients: o.more.rabbitConsumers, note: "skipped: RabbitMQ unreachable"})
+		}
+	}
+	return ru.out, nil
+}
+
+func containsFold(s, sub string) bool {
+	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 160 {
+		s = s[:160] + "…"
+	}
+	return s
 }
 
 func redact(u string) string {

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -113,56 +112,4 @@ func (b *broker) createQueue(ctx context.Context, q string) error {
 
 func (b *broker) publish(ctx context.Context, q string, body []byte) error {
 	return b.do(ctx, http.MethodPost, "/v1/queues/"+q+"/messages", "application/octet-stream", body, http.StatusCreated, nil)
-}
-
-func (b *broker) publishBatch(ctx context.Context, q string, body []byte, n int) error {
-	type msg struct {
-		Data string `json:"data"`
-	}
-	enc := base64.StdEncoding.EncodeToString(body)
-	msgs := make([]msg, n)
-	for i := range msgs {
-		msgs[i].Data = enc
-	}
-	req, _ := json.Marshal(map[string]any{"messages": msgs})
-	var res struct {
-		Results []struct {
-			ID    string          `json:"id"`
-			Error json.RawMessage `json:"error"`
-		} `json:"results"`
-	}
-	if err := b.do(ctx, http.MethodPost, "/v1/queues/"+q+"/messages/batch", "application/json", req, http.StatusOK, &res); err != nil {
-		return err
-	}
-	for _, r := range res.Results {
-		if len(r.Error) > 0 {
-			return fmt.Errorf("batch publish: %s", r.Error)
-		}
-	}
-	return nil
-}
-
-// receiveAck receives up to max messages and acks them; it returns how many.
-func (b *broker) receiveAck(ctx context.Context, q string, max int) (int, error) {
-	req, _ := json.Marshal(map[string]any{"max": max, "wait": "1s", "lease": "60s"})
-	var res struct {
-		Messages []struct {
-			Receipt string `json:"receipt"`
-		} `json:"messages"`
-	}
-	if err := b.do(ctx, http.MethodPost, "/v1/queues/"+q+"/receive", "application/json", req, http.StatusOK, &res); err != nil {
-		return 0, err
-	}
-	if len(res.Messages) == 0 {
-		return 0, errExhausted
-	}
-	receipts := make([]string, len(res.Messages))
-	for i, m := range res.Messages {
-		receipts[i] = m.Receipt
-	}
-	ack, _ := json.Marshal(map[string]any{"receipts": receipts})
-	if err := b.do(ctx, http.MethodPost, "/v1/queues/"+q+"/ack", "application/json", ack, http.StatusOK, nil); err != nil {
-		return 0, err
-	}
-	return len(receipts), nil
 }

@@ -7,6 +7,14 @@
 //
 // The output is a Markdown table (also written to --out when set) with msgs/s, latency
 // percentiles and the ratio of each scenario to its raw baseline.
+//
+// With --failover it measures failover instead (any store): kill -9 of the live until
+// the backup's /readyz 200 and first successful publish, and a graceful handover
+// (SIGTERM with --failover-on-shutdown true) until the backup's first successful
+// publish, --rounds times each, printing median and worst:
+//
+//	go run ./cmd/tmqbench --failover --store mysql://root:@tcp(127.0.0.1:3306)/test \
+//	    --lock-renew-period 200ms --lock-expiration 1s
 package main
 
 import (
@@ -38,6 +46,12 @@ type options struct {
 	out      string
 	keep     bool
 	only     string
+
+	failover bool      // measure failover instead of throughput
+	rounds   int       // rounds of each failover measurement
+	ha       haOptions // lock settings passed to tablemq (zero: its defaults)
+
+	more moreOptions // the scenarios of the performance issue (flags.go)
 }
 
 func run() error {
@@ -45,12 +59,19 @@ func run() error {
 	var clients string
 	flag.StringVar(&o.store, "store", envOr("TABLEMQ_BENCH_STORE", "postgres://postgres@127.0.0.1:5432/test"), "store URL (postgres only for the raw baseline)")
 	flag.StringVar(&o.binary, "binary", "bin/tablemq", "tablemq binary to start")
-	flag.DurationVar(&o.duration, "duration", 10*time.Second, "duration of each scenario")
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "duration of each scenario")
 	flag.IntVar(&o.size, "size", 1024, "message payload size in bytes")
-	flag.StringVar(&clients, "clients", "1,64", "comma-separated client counts")
+	flag.StringVar(&clients, "clients", "1,16,64,256", "comma-separated client counts of the 1-msg publish")
 	flag.StringVar(&o.out, "out", "", "also append the Markdown result to this file")
 	flag.BoolVar(&o.keep, "keep", false, "keep the benchmark tables afterwards")
 	flag.StringVar(&o.only, "only", "", "run only scenarios whose name contains this")
+	flag.BoolVar(&o.failover, "failover", false, "measure kill -9 failover and graceful handover times instead of throughput")
+	flag.IntVar(&o.rounds, "rounds", 20, "with --failover: rounds of each measurement")
+	flag.DurationVar(&o.ha.renew, "lock-renew-period", 0, "with --failover: tablemq --lock-renew-period (0: its default)")
+	flag.DurationVar(&o.ha.expiration, "lock-expiration", 0, "with --failover: tablemq --lock-expiration (0: its default)")
+	flag.DurationVar(&o.ha.networkTimeout, "network-timeout", 0, "with --failover: tablemq --network-timeout (0: its default)")
+	flag.DurationVar(&o.ha.poll, "backup-poll-interval", 0, "with --failover: tablemq --backup-poll-interval (0: its default)")
+	registerMoreFlags(&o.more)
 	flag.Parse()
 	for _, c := range strings.Split(clients, ",") {
 		var n int
@@ -71,6 +92,9 @@ func run() error {
 		}
 		defer f.Close()
 		w = io.MultiWriter(os.Stdout, f)
+	}
+	if o.failover {
+		return failover(ctx, log, o, w)
 	}
 	return bench(ctx, log, o, w)
 }

@@ -82,7 +82,10 @@ func (r *raw) singleInserts(ctx context.Context, conns int, d time.Duration) (*s
 // connection for d.
 func (r *raw) deleteBatches(ctx context.Context, n int, d time.Duration) (*sample, error) {
 	var mu sync.Mutex
-	next := int64(0)
+	var next int64 // the ids are not reset between runs: start below the smallest
+	if err := r.pool.QueryRow(ctx, `SELECT COALESCE(MIN(id), 1) - 1 FROM `+r.table+` WHERE queue = 'q'`).Scan(&next); err != nil {
+		return nil, fmt.Errorf("smallest raw id: %w", err)
+	}
 	return r.loop(ctx, 1, d, n, func(ctx context.Context, c *pgxpool.Conn) error {
 		mu.Lock()
 		ids := make([]int64, n)
@@ -113,4 +116,31 @@ func (r *raw) loop(ctx context.Context, conns int, d time.Duration, perOp int, o
 		}
 		return perOp, nil
 	})
+}
+
+// reset empties the raw table.
+func (r *raw) reset(ctx context.Context) error {
+	if _, err := r.pool.Exec(ctx, `TRUNCATE `+r.table); err != nil {
+		return fmt.Errorf("truncate raw table: %w", err)
+	}
+	return nil
+}
+
+// dropPrefix drops the tables of the current schema whose names start with prefix
+// (the tables of a broker started for the benchmark).
+func (r *raw) dropPrefix(ctx context.Context, prefix string) error {
+	rows, err := r.pool.Query(ctx, `SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND starts_with(tablename, $1)`, prefix)
+	if err != nil {
+		return fmt.Errorf("list tables: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("list tables: %w", err)
+	}
+	for _, n := range names {
+		if _, err := r.pool.Exec(ctx, `DROP TABLE IF EXISTS `+pgx.Identifier{n}.Sanitize()+` CASCADE`); err != nil {
+			return fmt.Errorf("drop %s: %w", n, err)
+		}
+	}
+	return nil
 }

@@ -9,6 +9,12 @@
 // times. MariaDB has no UPDATE ... RETURNING, so EpochBump updates and reads back in one
 // transaction.
 //
+// Lease statements (sqlstore.LeaseStore) run on a second pool of LeaseConnsDefault
+// connections, in READ COMMITTED transactions that lock the state row first (SELECT ...
+// FOR UPDATE) and then update the live-lock and epoch rows. All their time arithmetic
+// is on the server clock (NowUS); a lease is never compared with the broker's clock.
+// There is no push notification of a release: the node manager polls.
+//
 // The connection is forced to clientFoundRows=true, time_zone='+00:00' and
 // interpolateParams=false (server-side placeholders, so no client-side escaping of
 // binary bodies); maxAllowedPacket is read from the server unless the DSN sets it.
@@ -31,6 +37,10 @@ import (
 )
 
 // Defaults.
+// SessionIdleTimeoutDefault is the wait_timeout of every session (unless the DSN sets
+// one): how long a broker stopped in the middle of a transaction can delay a takeover.
+const SessionIdleTimeoutDefault = 2 * time.Second
+
 const (
 	MaxConnsDefault    = 16
 	DialTimeoutDefault = 10 * time.Second
@@ -40,7 +50,15 @@ const (
 	// TxAttemptsDefault is how often a transaction that hit a deadlock or lock wait
 	// timeout is tried.
 	TxAttemptsDefault = 4
+	// LeaseConnsDefault bounds the separate pool of the lease statements.
+	LeaseConnsDefault = 2
 )
+
+// NowUS is the database clock in Unix microseconds. UNIX_TIMESTAMP of a DATETIME reads
+// it in the session time zone, which the driver forces to '+00:00', so no daylight
+// saving or zone conversion can move it; NOW(6) has microsecond precision and is fixed
+// for the duration of one statement.
+const NowUS = "CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)"
 
 // MySQL error numbers the driver interprets.
 const (
@@ -89,6 +107,13 @@ func ParseDSN(dsn string) (*gomysql.Config, error) {
 		my.Params = map[string]string{}
 	}
 	my.Params["time_zone"] = "'+00:00'"
+	// A session idle this long is closed by the server, which rolls back its
+	// transaction: a broker stopped (SIGSTOP, a VM pause) between the statements of a
+	// transaction would otherwise keep its share lock on the fencing-epoch row and
+	// hold up a takeover until it resumed. The pools drop idle connections sooner.
+	if _, ok := my.Params["wait_timeout"]; !ok {
+		my.Params["wait_timeout"] = fmt.Sprint(int(SessionIdleTimeoutDefault.Seconds()))
+	}
 	my.Loc = time.UTC
 	if my.Timeout == 0 {
 		my.Timeout = DialTimeoutDefault
@@ -121,6 +146,22 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	db.SetMaxOpenConns(cfg.MaxConns)
 	db.SetMaxIdleConns(cfg.MaxConns)
 	db.SetConnMaxLifetime(30 * time.Minute)
+	db.SetConnMaxIdleTime(SessionIdleTimeoutDefault / 2) // before the server's wait_timeout
+	// Lease statements get a pool of their own, so a renewal never waits for a
+	// connection behind batches. Their row-lock waits end on the server after a
+	// second, so attempts abandoned by the client (a deadline) do not pile up there.
+	lmy := my.Clone()
+	lmy.Params["innodb_lock_wait_timeout"] = "1"
+	leaseConnector, err := gomysql.NewConnector(lmy)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("mysql: %w", err)
+	}
+	lease := sql.OpenDB(leaseConnector)
+	lease.SetMaxOpenConns(LeaseConnsDefault)
+	lease.SetMaxIdleConns(LeaseConnsDefault)
+	lease.SetConnMaxLifetime(30 * time.Minute)
+	lease.SetConnMaxIdleTime(SessionIdleTimeoutDefault / 2)
 
 	d := &Driver{cfg: cfg, my: my, logger: cfg.Logger}
 	d.Core = stdsql.New(stdsql.Dialect{
@@ -134,7 +175,12 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		InterpretError:      interpretError,
 		Retryable:           retryable,
 		TxAttempts:          TxAttemptsDefault,
-	}, db, db, cfg.Tables, d.migrate)
+		NowUS:               NowUS,
+		LockRow:             " FOR UPDATE",
+		MemberUpsertSuffix: " ON DUPLICATE KEY UPDATE state = VALUES(state), holder_id = VALUES(holder_id), " +
+			"holder_name = VALUES(holder_name), expires_us = VALUES(expires_us), updated_us = VALUES(updated_us)",
+		LeaseTxOptions: &sql.TxOptions{Isolation: sql.LevelReadCommitted},
+	}, db, db, lease, cfg.Tables, d.migrate)
 	if err := db.PingContext(ctx); err != nil {
 		_ = d.Close()
 		return nil, fmt.Errorf("mysql: %w", interpretError(err))
@@ -169,7 +215,8 @@ func interpretError(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, sqlstore.ErrNotFound), errors.Is(err, sqlstore.ErrConflict),
-		errors.Is(err, sqlstore.ErrClosed), errors.Is(err, sqlstore.ErrFenced):
+		errors.Is(err, sqlstore.ErrClosed), errors.Is(err, sqlstore.ErrFenced),
+		errors.Is(err, sqlstore.ErrLeaseHeld), errors.Is(err, sqlstore.ErrLeaseLost):
 		return err
 	case errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("%w: %w", sqlstore.ErrNotFound, err)

@@ -1,16 +1,33 @@
 // Package postgres is the PostgreSQL dialect of sqlstore, speaking pgx/v5 natively
 // through a pgxpool.
 //
-// A BatchCommit is one transaction: the fence read (SELECT epoch ... FOR SHARE), then
-// the message rows by COPY when there are many (a multi-row INSERT from unnest arrays
-// otherwise), then every other part as one statement each, all sent in one pipelined
-// pgx.Batch so a commit costs a handful of round trips whatever its size. Statements
-// are prepared and cached per connection by pgx.
+// A BatchCommit is one transaction sent as one pipeline (one pgx.Batch, one Sync) on
+// one connection: BEGIN, the fence check, one statement per part of the batch (rows
+// travel as arrays through unnest, or as VALUES for up to ValuesMaxRows messages, so
+// no row costs a statement of its own), COMMIT. It costs one network round trip
+// whatever its size, except that batches of CopyThresholdDefault message rows or more
+// send the messages by COPY, between a first pipeline (BEGIN, fence, binding puts) and
+// a last one (the rest, COMMIT): three round trips. Statements are prepared and cached
+// per connection by pgx (after a failed batch pgx forgets that batch's statements, so
+// the next batch on the connection prepares them again, once). See batch.go.
 //
-// Fencing: FOR SHARE on the epoch row conflicts with the row lock EpochBump's UPDATE
+// Fencing: the fence check reads the epoch row with FOR SHARE, before any write of the
+// transaction, and raises an error inside the server when the epoch is not the
+// writer's, so every statement queued after it in the pipeline is skipped and the
+// transaction never commits. FOR SHARE conflicts with the row lock EpochBump's UPDATE
 // takes. A bump waits for every batch holding the share lock; a batch that asks after
 // the bump re-reads the row once the bump commits (READ COMMITTED re-evaluates a locked
 // row) and sees the new epoch.
+//
+// Lease statements (sqlstore.LeaseStore) run on a second pool of LeaseConnsDefault
+// connections, in READ COMMITTED transactions that lock the state row first (SELECT ...
+// FOR UPDATE) and then update the live-lock and epoch rows; all their time arithmetic
+// is on the server clock (NowUS, clock_timestamp()). A renewal is one round trip. A
+// release notifies the channel named after the node-manager table (pg_notify in the
+// same transaction), and LeaseWatch (sqlstore.LeaseWatcher) listens on it over a
+// connection of its own. Groups in different schemas of one database with the same
+// node-manager table name share that channel: they wake each other spuriously, which
+// costs a poll and nothing else.
 package postgres
 
 import (
@@ -19,6 +36,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,12 +48,28 @@ import (
 
 	"github.com/tablemq/tablemq/migrations"
 	"github.com/tablemq/tablemq/sqlstore"
+	"github.com/tablemq/tablemq/sqlstore/internal/stdsql"
 )
 
 // Defaults.
+// IdleInTxTimeoutDefault is the idle_in_transaction_session_timeout of every session
+// (unless the DSN sets one): how long a broker stopped in the middle of a transaction
+// can delay a takeover.
+const IdleInTxTimeoutDefault = 2 * time.Second
+
 const (
-	// CopyThreshold is the number of message rows above which inserts use COPY.
-	CopyThreshold = 8
+	// ValuesMaxRows is the largest number of message rows inserted by an INSERT ...
+	// VALUES statement with a parameter per field (one prepared statement per row
+	// count); more rows go through unnest arrays (or COPY). Measured (2026-11-22, 1 KiB
+	// messages, one client): VALUES commits 10-15 % faster than unnest up to 10 rows,
+	// about the same at 20, slower at 40.
+	ValuesMaxRows = 16
+	// CopyThresholdDefault is the number of message rows from which a batch inserts its
+	// messages by COPY rather than by one multi-row INSERT inside the pipeline. Measured
+	// (BenchmarkBatchCommit and alternating runs, 1 KiB messages, 2026-11-22): COPY costs
+	// two more round trips, so the INSERT wins below about 40 rows (by 10-20 % at 20-32),
+	// COPY above (by 10-30 % at 50-100, about 1.6x at 1000).
+	CopyThresholdDefault = 40
 	// ScanLimitDefault is the number of rows MessageScan returns when Limit <= 0.
 	ScanLimitDefault = 1000
 	// TxAttemptsDefault is how often a transaction that hit a deadlock or a
@@ -54,15 +88,27 @@ type Config struct {
 	Logger *slog.Logger
 	// MaxConns bounds the pool; 0 means pgxpool's default (or pool_max_conns in DSN).
 	MaxConns int
+	// CopyThreshold is the number of message rows from which a batch inserts its
+	// messages by COPY; 0 means CopyThresholdDefault, a negative value never uses COPY.
+	CopyThreshold int
 }
 
 // Driver is the PostgreSQL sqlstore.Driver.
 type Driver struct {
-	pool   *pgxpool.Pool
-	t      migrations.Tables
-	logger *slog.Logger
-	q      queries
-	closed atomic.Bool
+	pool      *pgxpool.Pool
+	leasePool *pgxpool.Pool // the lease statements only
+	t         migrations.Tables
+	logger    *slog.Logger
+	q         queries
+	lq        leaseQueries
+	closed    atomic.Bool
+	copyMin   int // message rows from which BatchCommit uses COPY; 0 never
+
+	connConfig *pgx.ConnConfig // for LeaseWatch connections
+	closing    context.Context // cancelled by Close, ends every LeaseWatch
+	cancel     context.CancelFunc
+	watchMu    sync.Mutex // orders watchers.Add against Close
+	watchers   sync.WaitGroup
 }
 
 var _ sqlstore.Driver = (*Driver)(nil)
@@ -72,6 +118,8 @@ type queries struct {
 	bindingPut, msgInsert, dupInsert, msgUpdate, msgDelete, purge, bindingDelete string
 	dupBefore                                                                    string
 	messageCols                                                                  []string
+	messagesTable                                                                pgx.Identifier
+	msgValues                                                                    [ValuesMaxRows + 1]string // [n]: insert n rows by VALUES
 }
 
 // Open creates the pool and checks the database answers, bounded by ctx. It does not
@@ -91,6 +139,14 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.MaxConns > 0 {
 		pcfg.MaxConns = int32(cfg.MaxConns)
 	}
+	// A session left idle inside a transaction is ended by the server: a broker
+	// stopped (SIGSTOP, a VM pause) between the statements of a transaction would
+	// otherwise keep its share lock on the fencing-epoch row and hold up a takeover
+	// until it resumed. Healthy transactions are one pipelined round trip (three for
+	// COPY batches), far below this.
+	if _, ok := pcfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !ok {
+		pcfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = fmt.Sprint(IdleInTxTimeoutDefault.Milliseconds())
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
@@ -99,12 +155,30 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: %w", interpretError(err))
 	}
+	leasePool, err := newLeasePool(ctx, pcfg)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: lease pool: %w", err)
+	}
+	copyMin := cfg.CopyThreshold
+	switch {
+	case copyMin == 0:
+		copyMin = CopyThresholdDefault
+	case copyMin < 0:
+		copyMin = 0
+	}
+	closing, cancel := context.WithCancel(context.Background())
 	b, m, n, d := t.Bindings, t.Messages, t.NodeManager, t.DuplicateIDs
+	var msgValues [ValuesMaxRows + 1]string
+	for rows := 1; rows <= ValuesMaxRows; rows++ {
+		msgValues[rows] = valuesInsertSQL(m, rows)
+	}
 	fence := sqlstore.NodeRowFence
 	return &Driver{
-		pool: pool, t: t, logger: cfg.Logger,
+		pool: pool, leasePool: leasePool, t: t, logger: cfg.Logger, lq: newLeaseQueries(n), copyMin: copyMin,
+		connConfig: pcfg.ConnConfig.Copy(), closing: closing, cancel: cancel,
 		q: queries{
-			fence:       fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d FOR SHARE", n, fence),
+			fence:       fenceSQL(n),
 			epochGet:    fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d", n, fence),
 			epochBump:   fmt.Sprintf("UPDATE %s SET epoch = epoch + 1 WHERE id = %d RETURNING epoch", n, fence),
 			bindingList: fmt.Sprintf("SELECT kind, name, target, config, created_at FROM %s ORDER BY kind, name, target", b),
@@ -122,12 +196,15 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			purge:         fmt.Sprintf("DELETE FROM %s WHERE queue = ANY($1::text[])", m),
 			bindingDelete: fmt.Sprintf("DELETE FROM %s WHERE (kind, name, target) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))", b),
 			dupBefore:     fmt.Sprintf("DELETE FROM %s WHERE created_at < $1", d),
+			msgValues:     msgValues,
+			messagesTable: pgx.Identifier{strings.ToLower(m)}, // unquoted in the migrations: folded to lower case
 			messageCols:   []string{"queue", "id", "priority", "deliver_at", "expires_at", "delivery_count", "created_at", "content_type", "headers", "body"},
 		},
 	}, nil
 }
 
-// Pool returns the driver's pool, for the node manager's statements.
+// Pool returns the driver's main pool (batches and reads; the lease statements have a
+// pool of their own).
 func (d *Driver) Pool() *pgxpool.Pool { return d.pool }
 
 // Dialect implements sqlstore.Driver.
@@ -136,9 +213,16 @@ func (d *Driver) Dialect() string { return migrations.DialectPostgres }
 // Tables implements sqlstore.Driver.
 func (d *Driver) Tables() migrations.Tables { return d.t }
 
-// Close implements sqlstore.Driver. It waits for acquired connections to be released.
+// Close implements sqlstore.Driver. It ends every LeaseWatch and waits for their
+// goroutines, then for acquired connections to be released.
 func (d *Driver) Close() error {
-	if d.closed.CompareAndSwap(false, true) {
+	d.watchMu.Lock()
+	first := d.closed.CompareAndSwap(false, true)
+	d.watchMu.Unlock()
+	if first {
+		d.cancel()
+		d.watchers.Wait()
+		d.leasePool.Close()
 		d.pool.Close()
 	}
 	return nil
@@ -239,173 +323,6 @@ func (d *Driver) BatchCommit(ctx context.Context, p *sqlstore.BatchCommitParams)
 	return nil
 }
 
-func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch) (err error) {
-	tx, err := d.pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
-		}
-	}()
-	var cur int64
-	if err := tx.QueryRow(ctx, d.q.fence).Scan(&cur); err != nil {
-		return fmt.Errorf("read fencing epoch: %w", err)
-	}
-	if cur != epoch {
-		return fmt.Errorf("epoch in store is %d, writer holds %d: %w", cur, epoch, sqlstore.ErrFenced)
-	}
-
-	// Messages by COPY first: no other part of a batch touches them before the
-	// inserts, and bindings and duplicate ids live in other tables, so this keeps the
-	// documented order.
-	if len(b.MessageInserts) > CopyThreshold {
-		rows := b.MessageInserts
-		_, err := tx.CopyFrom(ctx, pgx.Identifier{d.t.Messages}, d.q.messageCols, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
-			m := &rows[i]
-			return []any{m.Queue, m.ID, m.Priority, m.DeliverAt, m.ExpiresAt, m.DeliveryCount, m.CreatedAt,
-				m.ContentType, sqlstore.EncodeHeaders(m.Headers), nonNil(m.Body)}, nil
-		}))
-		if err != nil {
-			return fmt.Errorf("copy messages: %w", err)
-		}
-	}
-
-	var batch pgx.Batch
-	var what []string
-	add := func(name, sql string, args ...any) {
-		batch.Queue(sql, args...)
-		what = append(what, name)
-	}
-	if len(b.BindingPuts) > 0 {
-		puts := lastBindingPuts(b.BindingPuts)
-		var kind, name, target, config []string
-		var created []int64
-		for i := range puts {
-			r := &puts[i]
-			cfg := r.Config
-			if cfg == "" {
-				cfg = "{}"
-			}
-			kind, name, target, config = append(kind, r.Kind), append(name, r.Name), append(target, r.Target), append(config, cfg)
-			created = append(created, r.CreatedAt)
-		}
-		add("put bindings", d.q.bindingPut, kind, name, target, config, created)
-	}
-	if n := len(b.MessageInserts); n > 0 && n <= CopyThreshold {
-		queue, ctype, headers := make([]string, n), make([]string, n), make([]string, n)
-		id, deliverAt, expiresAt, createdAt := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
-		prio, dc, body := make([]int16, n), make([]int32, n), make([][]byte, n)
-		for i := range b.MessageInserts {
-			m := &b.MessageInserts[i]
-			queue[i], id[i], prio[i], deliverAt[i], expiresAt[i] = m.Queue, m.ID, m.Priority, m.DeliverAt, m.ExpiresAt
-			dc[i], createdAt[i], ctype[i], headers[i], body[i] = m.DeliveryCount, m.CreatedAt, m.ContentType, sqlstore.EncodeHeaders(m.Headers), nonNil(m.Body)
-		}
-		add("insert messages", d.q.msgInsert, queue, id, prio, deliverAt, expiresAt, dc, createdAt, ctype, headers, body)
-	}
-	if n := len(b.DuplicateInserts); n > 0 {
-		queue, key, id, created := make([]string, n), make([]string, n), make([]int64, n), make([]int64, n)
-		for i := range b.DuplicateInserts {
-			r := &b.DuplicateInserts[i]
-			queue[i], key[i], id[i], created[i] = r.Queue, r.Key, r.MessageID, r.CreatedAt
-		}
-		add("insert duplicate ids", d.q.dupInsert, queue, key, id, created)
-	}
-	if len(b.MessageUpdates) > 0 {
-		ups := lastUpdates(b.MessageUpdates)
-		n := len(ups)
-		queue, id, dc, da := make([]string, n), make([]int64, n), make([]int32, n), make([]int64, n)
-		for i := range ups {
-			queue[i], id[i], dc[i], da[i] = ups[i].Queue, ups[i].ID, ups[i].DeliveryCount, ups[i].DeliverAt
-		}
-		add("update messages", d.q.msgUpdate, queue, id, dc, da)
-	}
-	if n := len(b.MessageDeletes); n > 0 {
-		queue, id := make([]string, n), make([]int64, n)
-		for i, k := range b.MessageDeletes {
-			queue[i], id[i] = k.Queue, k.ID
-		}
-		add("delete messages", d.q.msgDelete, queue, id)
-	}
-	if len(b.QueuePurges) > 0 {
-		add("purge queues", d.q.purge, b.QueuePurges)
-	}
-	if n := len(b.BindingDeletes); n > 0 {
-		kind, name, target := make([]string, n), make([]string, n), make([]string, n)
-		for i, k := range b.BindingDeletes {
-			kind[i], name[i], target[i] = k.Kind, k.Name, k.Target
-		}
-		add("delete bindings", d.q.bindingDelete, kind, name, target)
-	}
-	if b.DuplicatesBefore > 0 {
-		add("expire duplicate ids", d.q.dupBefore, b.DuplicatesBefore)
-	}
-	if batch.Len() > 0 {
-		res := tx.SendBatch(ctx, &batch)
-		for _, name := range what {
-			if _, err := res.Exec(); err != nil {
-				_ = res.Close()
-				return fmt.Errorf("%s: %w", name, err)
-			}
-		}
-		if err := res.Close(); err != nil {
-			return fmt.Errorf("batch: %w", err)
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
-}
-
-func nonNil(b []byte) []byte {
-	if b == nil {
-		return []byte{}
-	}
-	return b
-}
-
-// lastBindingPuts keeps the last put of each key (a merged batch may put one key
-// twice; ON CONFLICT DO UPDATE may not touch a row twice in one statement).
-func lastBindingPuts(puts []sqlstore.Binding) []sqlstore.Binding {
-	if len(puts) < 2 {
-		return puts
-	}
-	idx := make(map[sqlstore.BindingKey]int, len(puts))
-	out := make([]sqlstore.Binding, 0, len(puts))
-	for _, p := range puts {
-		k := sqlstore.BindingKey{Kind: p.Kind, Name: p.Name, Target: p.Target}
-		if i, ok := idx[k]; ok {
-			out[i] = p
-			continue
-		}
-		idx[k] = len(out)
-		out = append(out, p)
-	}
-	return out
-}
-
-// lastUpdates keeps the last update of each message (UPDATE ... FROM applies only one
-// of several matching rows, and not necessarily the last).
-func lastUpdates(ups []sqlstore.MessageUpdate) []sqlstore.MessageUpdate {
-	if len(ups) < 2 {
-		return ups
-	}
-	idx := make(map[sqlstore.MessageKey]int, len(ups))
-	out := make([]sqlstore.MessageUpdate, 0, len(ups))
-	for _, u := range ups {
-		k := sqlstore.MessageKey{Queue: u.Queue, ID: u.ID}
-		if i, ok := idx[k]; ok {
-			out[i] = u
-			continue
-		}
-		idx[k] = len(out)
-		out = append(out, u)
-	}
-	return out
-}
-
 // BindingList implements sqlstore.Driver.
 func (d *Driver) BindingList(ctx context.Context) ([]sqlstore.Binding, error) {
 	if err := d.checkOpen("binding list"); err != nil {
@@ -431,9 +348,10 @@ func (d *Driver) BindingList(ctx context.Context) ([]sqlstore.Binding, error) {
 
 // MessageScan implements sqlstore.Driver. Limit <= 0 means ScanLimitDefault.
 func (d *Driver) MessageScan(ctx context.Context, p *sqlstore.MessageScanParams) ([]sqlstore.Message, error) {
-	op := "message scan of queue " + p.Queue
-	if err := d.checkOpen(op); err != nil {
-		return nil, err
+	// The operation's name is built only for an error: a scan is on the hot path.
+	op := func() string { return "message scan of queue " + p.Queue }
+	if d.closed.Load() {
+		return nil, d.checkOpen(op())
 	}
 	limit := p.Limit
 	if limit <= 0 {
@@ -441,25 +359,12 @@ func (d *Driver) MessageScan(ctx context.Context, p *sqlstore.MessageScanParams)
 	}
 	rows, err := d.pool.Query(ctx, d.q.scan, p.Queue, p.AfterID, limit)
 	if err != nil {
-		return nil, d.wrap(op, err)
+		return nil, d.wrap(op(), err)
 	}
 	defer rows.Close()
-	out := make([]sqlstore.Message, 0, min(limit, 256))
-	for rows.Next() {
-		var m sqlstore.Message
-		var headers string
-		if err := rows.Scan(&m.Queue, &m.ID, &m.Priority, &m.DeliverAt, &m.ExpiresAt, &m.DeliveryCount,
-			&m.CreatedAt, &m.ContentType, &headers, &m.Body); err != nil {
-			return nil, d.wrap(op, err)
-		}
-		m.Body = nonNil(m.Body)
-		if m.Headers, err = sqlstore.DecodeHeaders(headers); err != nil {
-			return nil, fmt.Errorf("postgres: %s: message %d: %w", op, m.ID, err)
-		}
-		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, d.wrap(op, err)
+	out, err := stdsql.ScanMessages(rows, min(limit, 256))
+	if err != nil {
+		return nil, d.wrap(op(), err)
 	}
 	return out, nil
 }
@@ -496,7 +401,8 @@ func interpretError(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, sqlstore.ErrNotFound), errors.Is(err, sqlstore.ErrConflict),
-		errors.Is(err, sqlstore.ErrClosed), errors.Is(err, sqlstore.ErrFenced):
+		errors.Is(err, sqlstore.ErrClosed), errors.Is(err, sqlstore.ErrFenced),
+		errors.Is(err, sqlstore.ErrLeaseHeld), errors.Is(err, sqlstore.ErrLeaseLost):
 		return err
 	case errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("%w: %w", sqlstore.ErrNotFound, err)

@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -52,4 +53,41 @@ func TestOpenUnreachable(t *testing.T) {
 	_, err := postgres.Open(ctx, postgres.Config{DSN: "postgres://u:secret@127.0.0.1:1/db?connect_timeout=2"})
 	require.Error(t, err)
 	require.NotContains(t, err.Error(), "secret")
+}
+
+// TestLeaseWatchConnectionLoss kills the watch's connection on the server: the channel
+// closes (the node manager then polls) and the goroutine ends.
+func TestLeaseWatchConnectionLoss(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := testdb.Postgres(t)
+	tables := migrations.WithPrefix(fmt.Sprintf("wl%d_", time.Now().UnixNano()%1_000_000_000))
+	d, err := postgres.Open(ctx, postgres.Config{DSN: url, Tables: tables, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	defer d.Close()
+	require.NoError(t, d.Migrate(ctx))
+	ch, err := d.LeaseWatch(ctx)
+	require.NoError(t, err)
+
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	listen := "LISTEN " + pgx.Identifier{tables.WithDefaults().NodeManager}.Sanitize()
+	var killed int
+	require.NoError(t, conn.QueryRow(ctx,
+		"SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1) k", listen).Scan(&killed))
+	require.Equal(t, 1, killed, "one connection listens on the channel")
+
+	deadline := time.After(10 * time.Second)
+	for open := true; open; {
+		select {
+		case _, open = <-ch:
+		case <-deadline:
+			t.Fatal("the watch did not end after its connection was killed")
+		}
+	}
+	// The driver itself is unaffected.
+	_, err = d.LeaseGet(ctx)
+	require.NoError(t, err)
 }

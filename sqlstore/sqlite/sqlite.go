@@ -12,6 +12,15 @@
 // Fencing: the epoch row is read inside the IMMEDIATE transaction. SQLite has one writer
 // at a time, so an EpochBump (itself an IMMEDIATE transaction) is strictly before or
 // after any batch, and a batch after it sees the new epoch and aborts with ErrFenced.
+//
+// Lease statements (sqlstore.LeaseStore) run on a third connection of their own, each
+// as one BEGIN IMMEDIATE transaction, so they are serialised with each other and with
+// every batch by the database write lock. SQLite has no server and so no clock of its
+// own: the lease clock (NowUS) is the host clock of whichever process runs the
+// statement. Processes sharing one file on one host therefore share one clock, and the
+// lease works between them; across hosts (a network file system) it is only as good as
+// their clock synchronisation, besides the file-locking hazards, so SQLite is meant for
+// a single host. There is no push notification of a release: the node manager polls.
 package sqlite
 
 import (
@@ -37,6 +46,10 @@ const (
 	BusyTimeoutDefault  = 10 * time.Second
 	MaxReadConnsDefault = 4
 )
+
+// NowUS is the lease clock in Unix microseconds: SQLite's 'now', which is the host
+// clock of the process running the statement, at millisecond precision.
+const NowUS = "(CAST(ROUND(unixepoch('subsec') * 1000) AS INTEGER) * 1000)"
 
 // Config configures a Driver. Zero values mean the defaults.
 type Config struct {
@@ -100,10 +113,24 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	read.SetMaxOpenConns(cfg.MaxReadConns)
 	read.SetMaxIdleConns(cfg.MaxReadConns)
+	// The lease statements have a connection of their own (also BEGIN IMMEDIATE), so
+	// they never wait for the write connection to be free in the pool; they still wait
+	// (busy_timeout) for the database write lock while a batch commits.
+	lease, err := sql.Open("sqlite", writeDSN)
+	if err != nil {
+		_ = write.Close()
+		_ = read.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.DSN, err)
+	}
+	lease.SetMaxOpenConns(1)
+	lease.SetMaxIdleConns(1)
+	lease.SetConnMaxIdleTime(0)
+	lease.SetConnMaxLifetime(0)
 
 	d := &Driver{cfg: cfg, logger: cfg.Logger}
 	d.Core = stdsql.New(stdsql.Dialect{
 		Name:                "sqlite",
+		SerializeWrites:     true,
 		FenceLock:           "",
 		BindingUpsertSuffix: " ON CONFLICT (kind, name, target) DO UPDATE SET config = excluded.config, created_at = excluded.created_at",
 		RowIn:               func(n int) string { return "VALUES " + stdsql.ValuesList(n, 2) },
@@ -112,7 +139,11 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		InterpretError:      interpretError,
 		Retryable:           retryable,
 		TxAttempts:          3,
-	}, write, read, cfg.Tables, func(ctx context.Context) error {
+		NowUS:               NowUS,
+		LockRow:             "",
+		MemberUpsertSuffix: " ON CONFLICT (id) DO UPDATE SET state = excluded.state, holder_id = excluded.holder_id, " +
+			"holder_name = excluded.holder_name, expires_us = excluded.expires_us, updated_us = excluded.updated_us",
+	}, write, read, lease, cfg.Tables, func(ctx context.Context) error {
 		return d.migrate(ctx, writeDSN)
 	})
 	// The write connection sets journal_mode=WAL on the file first, so the read pool
@@ -167,7 +198,8 @@ func interpretError(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, sqlstore.ErrNotFound), errors.Is(err, sqlstore.ErrConflict),
-		errors.Is(err, sqlstore.ErrClosed), errors.Is(err, sqlstore.ErrFenced):
+		errors.Is(err, sqlstore.ErrClosed), errors.Is(err, sqlstore.ErrFenced),
+		errors.Is(err, sqlstore.ErrLeaseHeld), errors.Is(err, sqlstore.ErrLeaseLost):
 		return err
 	case errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("%w: %w", sqlstore.ErrNotFound, err)

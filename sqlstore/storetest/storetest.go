@@ -1,6 +1,8 @@
 // Package storetest is the conformance suite every sqlstore dialect runs unchanged
 // against a real database: sqlstore/{sqlite,postgres,mysql}/*_test.go call Exercise
-// with their own Harness.
+// with their own Harness. It covers the Driver including its LeaseStore (lease.go);
+// optional capabilities such as sqlstore.LeaseWatcher are tested where a driver has
+// them and skipped elsewhere.
 //
 // Each subtest opens its own fresh database (internal/testdb) and runs in parallel.
 package storetest
@@ -63,6 +65,8 @@ func Exercise(t *testing.T, h Harness) {
 		{"WriterStopDrains", testWriterStopDrains},
 		{"Closed", testClosed},
 	}
+	tests = append(tests, leaseTests...)
+	tests = append(tests, fencingTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -831,6 +835,7 @@ func testClosed(t *testing.T, h Harness) {
 	_, err = drv.MessageScan(ctx, &sqlstore.MessageScanParams{Queue: "q"})
 	require.ErrorIs(t, err, sqlstore.ErrClosed)
 	require.True(t, strings.Contains(err.Error(), drv.Dialect()), "errors name the dialect: %v", err)
+	leaseClosed(t, ctx, drv)
 }
 
 // waitFor polls cond until it holds or the deadline passes.

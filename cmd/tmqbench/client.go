@@ -1,0 +1,177 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// HTTP helpers of the scenarios beyond the spine's (broker.go).
+
+// put sends PUT path with an optional JSON body and accepts 200 or 201.
+func (b *broker) put(ctx context.Context, path string, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, b.base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := b.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("PUT %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("PUT %s: status %d: %s", path, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return nil
+}
+
+// depth returns the number of ready messages of q.
+func (b *broker) depth(ctx context.Context, q string) (int64, error) {
+	var res struct {
+		Depth    int64 `json:"depth"`
+		InFlight int64 `json:"in_flight"`
+	}
+	if err := b.do(ctx, http.MethodGet, "/v1/queues/"+q, "", nil, http.StatusOK, &res); err != nil {
+		return 0, err
+	}
+	return res.Depth, nil
+}
+
+// publishTo publishes one message to path (".../messages") with extra headers.
+func (b *broker) publishTo(ctx context.Context, path string, body []byte, hdr map[string]string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := b.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("POST %s: status %d: %s", path, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return nil
+}
+
+// batchBody is the JSON request of a batch publish of n copies of body; it is built
+// once per scenario so that the load generator spends its CPU on requests, not JSON.
+func batchBody(body []byte, n int) []byte {
+	enc := base64.StdEncoding.EncodeToString(body)
+	var sb strings.Builder
+	sb.WriteString(`{"messages":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(`{"data":"`)
+		sb.WriteString(enc)
+		sb.WriteString(`"}`)
+	}
+	sb.WriteString(`]}`)
+	return []byte(sb.String())
+}
+
+// postBatch sends a prepared batch publish (see batchBody) to path
+// (".../messages/batch") and checks that every message was accepted.
+func (b *broker) postBatch(ctx context.Context, path string, req []byte, n int) error {
+	var res struct {
+		Results []struct {
+			ID    string          `json:"id"`
+			Error json.RawMessage `json:"error"`
+		} `json:"results"`
+	}
+	if err := b.do(ctx, http.MethodPost, path, "application/json", req, http.StatusOK, &res); err != nil {
+		return err
+	}
+	if len(res.Results) != n {
+		return fmt.Errorf("batch publish: %d results for %d messages", len(res.Results), n)
+	}
+	for _, r := range res.Results {
+		if len(r.Error) > 0 && string(r.Error) != "null" {
+			return fmt.Errorf("batch publish: %s", r.Error)
+		}
+	}
+	return nil
+}
+
+// delivery is the part of a received message the benchmark looks at.
+type delivery struct {
+	Receipt string            `json:"receipt"`
+	Headers map[string]string `json:"headers"`
+}
+
+// recv receives up to max messages of q, waiting up to wait (a duration string).
+func (b *broker) recv(ctx context.Context, q string, max int, wait string) ([]delivery, error) {
+	req, _ := json.Marshal(map[string]any{"max": max, "wait": wait, "lease": "30s"})
+	var res struct {
+		Messages []delivery `json:"messages"`
+	}
+	if err := b.do(ctx, http.MethodPost, "/v1/queues/"+q+"/receive", "application/json", req, http.StatusOK, &res); err != nil {
+		return nil, err
+	}
+	return res.Messages, nil
+}
+
+// ack acks the deliveries ds of q; a receipt refused is an error.
+func (b *broker) ack(ctx context.Context, q string, ds []delivery) error {
+	receipts := make([]string, len(ds))
+	for i, d := range ds {
+		receipts[i] = d.Receipt
+	}
+	req, _ := json.Marshal(map[string]any{"receipts": receipts})
+	var res struct {
+		Results []struct {
+			OK bool `json:"ok"`
+		} `json:"results"`
+	}
+	if err := b.do(ctx, http.MethodPost, "/v1/queues/"+q+"/ack", "application/json", req, http.StatusOK, &res); err != nil {
+		return err
+	}
+	bad := 0
+	for _, r := range res.Results {
+		if !r.OK {
+			bad++
+		}
+	}
+	if bad > 0 {
+		return fmt.Errorf("ack: %d of %d receipts refused", bad, len(ds))
+	}
+	return nil
+}
+
+// recvAck receives up to max messages and acks them; an empty answer is errExhausted.
+func (b *broker) recvAck(ctx context.Context, q string, max int, wait string) (int, error) {
+	ds, err := b.recv(ctx, q, max, wait)
+	if err != nil {
+		return 0, err
+	}
+	if len(ds) == 0 {
+		return 0, errExhausted
+	}
+	if err := b.ack(ctx, q, ds); err != nil {
+		return 0, err
+	}
+	return len(ds), nil
+}
+
+// ensureQueue creates q, or accepts that it exists (200).
+func (b *broker) ensureQueue(ctx context.Context, q string) error {
+	return b.put(ctx, "/v1/queues/"+q, nil)
+}
