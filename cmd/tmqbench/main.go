@@ -5,8 +5,17 @@
 //
 //	go run ./cmd/tmqbench --store postgres://postgres@127.0.0.1:5432/test --duration 10s
 //
+// Scenarios (filter with --only): confirmed publish with 1, 16, 64 and 256 clients, one
+// message per request; batch publish of 100 per request; receive+ack with batches of
+// 1, 10 and 100 and 1, 16 and 64 consumers; a steady open-loop publish+consume at half
+// of the best publish rate (latency); fan-out to 10 queues; embedded SQLite batched
+// publish+receive+ack; and RabbitMQ (classic and quorum queues, publisher confirms and
+// manual acks) in the same run when it is reachable. --runs N repeats everything and
+// reports medians.
+//
 // The output is a Markdown table (also written to --out when set) with msgs/s, latency
-// percentiles and the ratio of each scenario to its raw baseline.
+// percentiles and the ratio of each scenario to its raw baseline, then the
+// tablemq/RabbitMQ ratios and the goals of the performance issue, met or missed.
 //
 // With --failover it measures failover instead (any store): kill -9 of the live until
 // the backup's /readyz 200 and first successful publish, and a graceful handover
