@@ -181,11 +181,13 @@ func (s *Server) Activate(ctx context.Context, epoch int64) error {
 		s.setRole(RoleBackup)
 		return fmt.Errorf("server: activate: start writer: %w", err)
 	}
+	// Counted before going live: from then on requests change the maps (under metaMu).
+	nq, na := len(l.queues), len(l.addresses)
 	s.epoch.Store(epoch)
 	s.cur.Store(l)
 	go l.reaper()
 	s.setRole(RoleLive)
-	s.log.Info("server live", "node", s.cfg.NodeName, "epoch", epoch, "queues", len(l.queues), "addresses", len(l.addresses))
+	s.log.Info("server live", "node", s.cfg.NodeName, "epoch", epoch, "queues", nq, "addresses", na)
 	return nil
 }
 

@@ -36,11 +36,11 @@ import (
 	"github.com/tablemq/tablemq/sqlstore/internal/stdsql"
 )
 
-// Defaults.
 // SessionIdleTimeoutDefault is the wait_timeout of every session (unless the DSN sets
 // one): how long a broker stopped in the middle of a transaction can delay a takeover.
 const SessionIdleTimeoutDefault = 2 * time.Second
 
+// Defaults.
 const (
 	MaxConnsDefault    = 16
 	DialTimeoutDefault = 10 * time.Second

@@ -51,12 +51,12 @@ import (
 	"github.com/tablemq/tablemq/sqlstore/internal/stdsql"
 )
 
-// Defaults.
 // IdleInTxTimeoutDefault is the idle_in_transaction_session_timeout of every session
 // (unless the DSN sets one): how long a broker stopped in the middle of a transaction
 // can delay a takeover.
 const IdleInTxTimeoutDefault = 2 * time.Second
 
+// Defaults.
 const (
 	// ValuesMaxRows is the largest number of message rows inserted by an INSERT ...
 	// VALUES statement with a parameter per field (one prepared statement per row
