@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tablemq/tablemq/sqlstore"
+	"github.com/tablemq/tablemq/sqlstore/internal/stdsql"
 )
 
 // rollbackTimeout bounds the ROLLBACK that cleans a connection after a failed batch.
@@ -138,7 +139,7 @@ func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch
 	p.add(stepBegin, "BEGIN")
 	p.add(stepFence, d.q.fence, epoch)
 	if len(b.BindingPuts) > 0 {
-		puts := lastBindingPuts(b.BindingPuts)
+		puts := stdsql.LastByKey(b.BindingPuts, stdsql.BindingPutKey)
 		n := len(puts)
 		kind, name, target, config := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		created := make([]int64, n)
@@ -176,7 +177,7 @@ func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch
 		p.add("insert duplicate ids", d.q.dupInsert, queue, key, id, created)
 	}
 	if len(b.MessageUpdates) > 0 {
-		ups := lastUpdates(b.MessageUpdates)
+		ups := stdsql.LastByKey(b.MessageUpdates, stdsql.MessageUpdateKey)
 		n := len(ups)
 		queue, id, dc, da := make([]string, n), make([]int64, n), make([]int32, n), make([]int64, n)
 		for i := range ups {
@@ -296,44 +297,4 @@ func nonNil(b []byte) []byte {
 		return []byte{}
 	}
 	return b
-}
-
-// lastBindingPuts keeps the last put of each key (a merged batch may put one key
-// twice; ON CONFLICT DO UPDATE may not touch a row twice in one statement).
-func lastBindingPuts(puts []sqlstore.Binding) []sqlstore.Binding {
-	if len(puts) < 2 {
-		return puts
-	}
-	idx := make(map[sqlstore.BindingKey]int, len(puts))
-	out := make([]sqlstore.Binding, 0, len(puts))
-	for _, p := range puts {
-		k := sqlstore.BindingKey{Kind: p.Kind, Name: p.Name, Target: p.Target}
-		if i, ok := idx[k]; ok {
-			out[i] = p
-			continue
-		}
-		idx[k] = len(out)
-		out = append(out, p)
-	}
-	return out
-}
-
-// lastUpdates keeps the last update of each message (UPDATE ... FROM applies only one
-// of several matching rows, and not necessarily the last).
-func lastUpdates(ups []sqlstore.MessageUpdate) []sqlstore.MessageUpdate {
-	if len(ups) < 2 {
-		return ups
-	}
-	idx := make(map[sqlstore.MessageKey]int, len(ups))
-	out := make([]sqlstore.MessageUpdate, 0, len(ups))
-	for _, u := range ups {
-		k := sqlstore.MessageKey{Queue: u.Queue, ID: u.ID}
-		if i, ok := idx[k]; ok {
-			out[i] = u
-			continue
-		}
-		idx[k] = len(out)
-		out = append(out, u)
-	}
-	return out
 }

@@ -438,7 +438,7 @@ func (c *Core) updateMessages(ctx context.Context, tx *sql.Tx, us []sqlstore.Mes
 	}
 	// One UPDATE ... JOIN changes each row once, with any one of several matching
 	// derived rows: keep the last update of each message.
-	us = lastUpdates(us)
+	us = LastByKey(us, MessageUpdateKey)
 	const cols = 4
 	for _, ch := range c.chunks(len(us), cols, func(int) int { return 32 }) {
 		rows := us[ch[0]:ch[1]]
@@ -462,23 +462,36 @@ func (c *Core) updateMessages(ctx context.Context, tx *sql.Tx, us []sqlstore.Mes
 	return nil
 }
 
-// lastUpdates keeps the last update of each message, in first-seen order.
-func lastUpdates(ups []sqlstore.MessageUpdate) []sqlstore.MessageUpdate {
-	if len(ups) < 2 {
-		return ups
+// LastByKey keeps the last element of each key, in the order keys were first seen. A
+// merged batch may write one key twice (two puts of a binding, two updates of a
+// message); the later write must win, and a single multi-row statement would apply
+// only one of them, not necessarily the last.
+func LastByKey[T any, K comparable](xs []T, key func(T) K) []T {
+	if len(xs) < 2 {
+		return xs
 	}
-	idx := make(map[sqlstore.MessageKey]int, len(ups))
-	out := make([]sqlstore.MessageUpdate, 0, len(ups))
-	for _, u := range ups {
-		k := sqlstore.MessageKey{Queue: u.Queue, ID: u.ID}
+	idx := make(map[K]int, len(xs))
+	out := make([]T, 0, len(xs))
+	for _, x := range xs {
+		k := key(x)
 		if i, ok := idx[k]; ok {
-			out[i] = u
+			out[i] = x
 			continue
 		}
 		idx[k] = len(out)
-		out = append(out, u)
+		out = append(out, x)
 	}
 	return out
+}
+
+// MessageUpdateKey is the key of a message update, for LastByKey.
+func MessageUpdateKey(u sqlstore.MessageUpdate) sqlstore.MessageKey {
+	return sqlstore.MessageKey{Queue: u.Queue, ID: u.ID}
+}
+
+// BindingPutKey is the key of a binding put, for LastByKey.
+func BindingPutKey(b sqlstore.Binding) sqlstore.BindingKey {
+	return sqlstore.BindingKey{Kind: b.Kind, Name: b.Name, Target: b.Target}
 }
 
 func (c *Core) deleteMessages(ctx context.Context, tx *sql.Tx, ks []sqlstore.MessageKey) error {
