@@ -14,11 +14,11 @@ TEST_TIMEOUT ?= 20m
 GOBIN        := $(shell $(GO) env GOPATH)/bin
 STATICCHECK  := $(shell command -v staticcheck 2>/dev/null || echo $(GOBIN)/staticcheck)
 
-.PHONY: help build run test test-all bench lint fuzz imports clean
+.PHONY: help build run test test-all bench bench-memory lint fuzz imports clean
 
 help: ## list the targets
 	@echo "tablemq make targets:"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build bin/tablemq
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tablemq
@@ -49,6 +49,9 @@ fuzz: ## run each fuzz target (func FuzzXxx in *_test.go) for FUZZTIME (default 
 
 bench: build ## measure throughput and latency beside raw PostgreSQL and RabbitMQ (BENCHMARKS.md; BENCH_FLAGS='-runs 3' for medians)
 	$(GO) run ./cmd/tmqbench -binary $(BIN) $(BENCH_FLAGS)
+
+bench-memory: build ## measure bounded memory and takeover on PostgreSQL: RSS with 1M queued, kill -9 → first delivery, 1 GiB message, backlog consume rate (issue 4)
+	$(GO) run ./cmd/tmqbench -memory -binary $(BIN) $(BENCH_FLAGS)
 
 lint: imports ## gofmt, go vet, staticcheck, import rules, golangci-lint when installed
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt -w needed on:"; echo "$$out"; exit 1; fi

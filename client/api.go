@@ -215,6 +215,24 @@ func (c *Client) PublishAddress(ctx context.Context, address string, msg Message
 
 // publishOne sends a single publish to path.
 func (c *Client) publishOne(ctx context.Context, path string, msg Message) (PublishResult, error) {
+	h, key, err := publishHeaders(msg)
+	if err != nil {
+		return PublishResult{}, err
+	}
+	body := msg.Body
+	if body == nil {
+		body = []byte{} // a POST with an empty body, not none
+	}
+	var out publishResultJSON
+	if _, err := c.call(ctx, request{method: http.MethodPost, path: path, header: h, body: body}, &out); err != nil {
+		return PublishResult{IdempotencyKey: key}, err
+	}
+	return PublishResult{ID: out.ID, Duplicate: out.Duplicate, IdempotencyKey: key}, nil
+}
+
+// publishHeaders returns the headers of a single publish of msg (its body aside) and
+// its idempotency key: msg's, or a generated one.
+func publishHeaders(msg Message) (http.Header, string, error) {
 	key := msg.IdempotencyKey
 	if key == "" {
 		key = NewIdempotencyKey()
@@ -222,17 +240,17 @@ func (c *Client) publishOne(ctx context.Context, path string, msg Message) (Publ
 	// The transport refuses bad header names and values without sending anything;
 	// refuse them here, so that they are not mistaken for a broker out of reach.
 	if err := checkHeaderValue("idempotency key", key); err != nil {
-		return PublishResult{}, err
+		return nil, "", err
 	}
 	if err := checkHeaderValue("content type", msg.ContentType); err != nil {
-		return PublishResult{}, err
+		return nil, "", err
 	}
 	for k, v := range msg.Headers {
 		if err := checkHeaderName(k); err != nil {
-			return PublishResult{}, err
+			return nil, "", err
 		}
 		if err := checkHeaderValue("header "+strconv.Quote(k), v); err != nil {
-			return PublishResult{}, err
+			return nil, "", err
 		}
 	}
 	h := http.Header{}
@@ -257,15 +275,7 @@ func (c *Client) publishOne(ctx context.Context, path string, msg Message) (Publ
 	for k, v := range msg.Headers {
 		h.Set(headerPrefix+k, v)
 	}
-	body := msg.Body
-	if body == nil {
-		body = []byte{} // a POST with an empty body, not none
-	}
-	var out publishResultJSON
-	if _, err := c.call(ctx, request{method: http.MethodPost, path: path, header: h, body: body}, &out); err != nil {
-		return PublishResult{IdempotencyKey: key}, err
-	}
-	return PublishResult{ID: out.ID, Duplicate: out.Duplicate, IdempotencyKey: key}, nil
+	return h, key, nil
 }
 
 // PublishBatch publishes up to 1000 messages to queue in one request and returns one
@@ -364,7 +374,7 @@ func (c *Client) Receive(ctx context.Context, queue string, opts ReceiveOptions)
 		ds[i] = Delivery{
 			ID: m.ID, Receipt: m.Receipt, Body: m.Data, ContentType: m.ContentType,
 			DeliveryCount: m.DeliveryCount, Redelivered: m.Redelivered, Headers: h, Priority: m.Priority,
-			PublishedAt: m.PublishedAt, LeaseExpiresAt: m.LeaseExpiresAt,
+			PublishedAt: m.PublishedAt, LeaseExpiresAt: m.LeaseExpiresAt, Large: m.Large, Size: m.Size,
 		}
 	}
 	return ds, nil

@@ -187,6 +187,9 @@ type request struct {
 	body   []byte
 	// extra is added to the request timeout of each attempt (a receive's wait).
 	extra time.Duration
+	// send, when set, makes each attempt instead of attempt (streamed bodies, see
+	// large.go).
+	send func(ctx context.Context, idx int) (*response, error)
 }
 
 // response is a successful answer (2xx).
@@ -194,6 +197,10 @@ type response struct {
 	status int
 	body   []byte
 	url    string
+	// stream is the unread answer of a request with send that streams it (see
+	// large.go); body is then nil, and header holds the answer's headers.
+	stream io.ReadCloser
+	header http.Header
 }
 
 // call sends req to the live broker, failing over as the package documentation
@@ -230,7 +237,8 @@ func (c *Client) do(ctx context.Context, req request) (*response, error) {
 				return nil, c.giveUp(req, attempts, start, lastErr)
 			}
 			attempts++
-			resp, err := c.attempt(ctx, idx, req)
+			send := c.attemptFunc(req)
+			resp, err := send(ctx, idx)
 			if err == nil {
 				c.markLive(idx)
 				return resp, nil
@@ -313,6 +321,21 @@ func (c *Client) attempt(ctx context.Context, idx int, req request) (*response, 
 	if r.StatusCode >= 200 && r.StatusCode < 300 {
 		return &response{status: r.StatusCode, body: data, url: base}, nil
 	}
+	return nil, c.answerError(idx, r, data)
+}
+
+// attemptFunc returns how req sends one attempt.
+func (c *Client) attemptFunc(req request) func(ctx context.Context, idx int) (*response, error) {
+	if req.send != nil {
+		return req.send
+	}
+	return func(ctx context.Context, idx int) (*response, error) { return c.attempt(ctx, idx, req) }
+}
+
+// answerError is the *APIError of a non-2xx answer r of broker idx, whose body is
+// data; a retryable one holds the broker back for its Retry-After.
+func (c *Client) answerError(idx int, r *http.Response, data []byte) error {
+	base := c.urls[idx]
 	ae := &APIError{Status: r.StatusCode, URL: base}
 	var eb errorBody
 	if json.Unmarshal(data, &eb) == nil && eb.Error != nil && eb.Error.Code != "" {
@@ -331,7 +354,7 @@ func (c *Client) attempt(ctx context.Context, idx int, req request) (*response, 
 			c.holdBack(idx, min(d, c.cfg.retryAfterCap))
 		}
 	}
-	return nil, ae
+	return ae
 }
 
 // markLive remembers idx as the broker that answered as live.

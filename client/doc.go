@@ -49,6 +49,15 @@
 //     created=false, delete answers not found on a retry after a lost answer). A
 //     retried purge purges again, messages published in between included.
 //
+// # Large messages
+//
+// A body above the broker's large-message threshold (100 KiB by default) is stored
+// in chunks and not inlined in a receive answer: Delivery.Large is set, Body is empty
+// and Size gives its length; Client.Body streams it (for the delivery's receipt).
+// Client.PublishStream publishes a body of any size from an io.Reader without
+// holding it in memory; an io.Seeker body is sent again from its start on a
+// failover. A body fetch cut by a failover is fetched again with the same receipt.
+//
 // # Consuming
 //
 // Client.Consume runs a receive loop with a handler per delivery, extends the lease

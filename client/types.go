@@ -219,6 +219,11 @@ type Delivery struct {
 	PublishedAt time.Time
 	// LeaseExpiresAt is when the lease ends (broker clock).
 	LeaseExpiresAt time.Time
+	// Large marks a message whose body the broker does not inline: Body is empty;
+	// read it with Client.Body(ctx, queue, ID, Receipt).
+	Large bool
+	// Size is the body size in bytes.
+	Size int64
 }
 
 // deliveryJSON is the wire form of Delivery.
@@ -233,6 +238,8 @@ type deliveryJSON struct {
 	Priority       int               `json:"priority"`
 	PublishedAt    time.Time         `json:"published_at"`
 	LeaseExpiresAt time.Time         `json:"lease_expires_at"`
+	Large          bool              `json:"large"`
+	Size           int64             `json:"size"`
 }
 
 // ReceiptResult is the outcome of an ack, nack or extend of one receipt, exactly as

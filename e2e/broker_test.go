@@ -454,6 +454,7 @@ func (b *broker) ack(ctx context.Context, queue string, receipts []string) {
 type queueInfo struct {
 	Name      string   `json:"name"`
 	Depth     int64    `json:"depth"`
+	Paged     int64    `json:"paged"`
 	InFlight  int64    `json:"in_flight"`
 	Addresses []string `json:"addresses"`
 }

@@ -44,7 +44,21 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, store string)) {
 // survive.
 func TestE2EKillRestart(t *testing.T) {
 	t.Parallel()
+	forEachBackend(t, func(t *testing.T, store string) { killRestart(t, store) })
+}
+
+// TestE2EKillRestartPaged is TestE2EKillRestart with a small address limit and window,
+// so that most messages go through the page logs (and the kill lands in the middle of
+// reading them): page cursors, counters and windows survive a crash.
+func TestE2EKillRestartPaged(t *testing.T) {
+	t.Parallel()
 	forEachBackend(t, func(t *testing.T, store string) {
+		killRestart(t, store, "--max-size-bytes", "256", "--window-size", "8")
+	})
+}
+
+func killRestart(t *testing.T, store string, extra ...string) {
+	{
 		const (
 			total    = 200
 			toAck    = 80
@@ -53,7 +67,7 @@ func TestE2EKillRestart(t *testing.T) {
 			address  = "orders.created"
 		)
 		ctx := deadline(t)
-		a := startBroker(ctx, t, "first", store)
+		a := startBroker(ctx, t, "first", store, extra...)
 
 		a.mustJSON(ctx, http.MethodPut, "/v1/queues/"+queue, map[string]any{}, nil, http.StatusCreated)
 		a.mustJSON(ctx, http.MethodPut, "/v1/addresses/"+address, map[string]any{"routing": "multicast"}, nil, http.StatusCreated)
@@ -92,6 +106,9 @@ func TestE2EKillRestart(t *testing.T) {
 		close(work)
 		wg.Wait()
 		require.Len(t, published, total, "every publish got its own id")
+		if len(extra) > 0 {
+			require.Greater(t, a.queue(ctx, queue).Paged, int64(total/2), "most messages are paged")
+		}
 
 		// Ack toAck messages, then lease inFlight more and leave them unacked.
 		acked := map[string]bool{}
@@ -116,7 +133,7 @@ func TestE2EKillRestart(t *testing.T) {
 		}
 
 		a.kill()
-		b := startBroker(ctx, t, "second", store)
+		b := startBroker(ctx, t, "second", store, extra...)
 
 		// Queue, address and binding survived.
 		qi := b.queue(ctx, queue)
@@ -167,7 +184,7 @@ func TestE2EKillRestart(t *testing.T) {
 		require.Equal(t, int64(0), b.queue(ctx, queue).Depth)
 
 		require.Equal(t, 0, b.stop(ctx), "exit code after SIGTERM")
-	})
+	}
 }
 
 // TestE2EIdempotencyAcrossRestart publishes twice with one Idempotency-Key, around a

@@ -34,18 +34,26 @@ func (ar addressesResource) Routes() chi.Router {
 
 // addressJSON is the JSON form of an address.
 type addressJSON struct {
-	Name      string             `json:"name"`
-	Routing   server.RoutingType `json:"routing"`
-	Queues    []string           `json:"queues"`
-	CreatedAt time.Time          `json:"created_at"`
+	Name    string             `json:"name"`
+	Routing server.RoutingType `json:"routing"`
+	limitsJSON
+	Queues    []string  `json:"queues"`
+	Bytes     int64     `json:"bytes"`
+	Paging    bool      `json:"paging"`
+	Paged     int64     `json:"paged"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 func encodeAddress(ai server.AddressInfo) addressJSON {
 	return addressJSON{
-		Name:      ai.Name,
-		Routing:   ai.Routing,
-		Queues:    nonNil(ai.Queues),
-		CreatedAt: ai.CreatedAt.UTC(),
+		Name:       ai.Name,
+		Routing:    ai.Routing,
+		limitsJSON: encodeLimits(ai.Limits),
+		Queues:     nonNil(ai.Queues),
+		Bytes:      ai.Bytes,
+		Paging:     ai.Paging,
+		Paged:      ai.Paged,
+		CreatedAt:  ai.CreatedAt.UTC(),
 	}
 }
 
@@ -144,7 +152,7 @@ func (ar addressesResource) unbind(w http.ResponseWriter, r *http.Request) {
 
 // publish serves POST /v1/addresses/{address}/messages.
 func (ar addressesResource) publish(w http.ResponseWriter, r *http.Request) {
-	ar.a.publishOne(w, r, chi.URLParam(r, "address"), ar.a.b.PublishAddress)
+	ar.a.publishOne(w, r, chi.URLParam(r, "address"), ar.a.b.PublishAddress, ar.a.b.PublishAddressStream)
 }
 
 // publishBatch serves POST /v1/addresses/{address}/messages/batch.

@@ -272,6 +272,45 @@ type queueConfigJSON struct {
 	DeadLetterQueue *string `json:"dead_letter_queue,omitempty"`
 	Lease           *string `json:"lease,omitempty"`
 	TTL             *string `json:"ttl,omitempty"`
+	limitsJSON
+}
+
+// limitsJSON is the size limit of a queue or an address (server.Limits).
+type limitsJSON struct {
+	MaxSizeBytes *int64  `json:"max_size_bytes,omitempty"`
+	FullPolicy   *string `json:"address_full_policy,omitempty"`
+}
+
+// decode validates the limits.
+func (l limitsJSON) decode() (server.Limits, error) {
+	var out server.Limits
+	if l.MaxSizeBytes != nil {
+		if *l.MaxSizeBytes < -1 {
+			return out, invalidf("max_size_bytes: %d must be -1 (no limit), 0 (the broker default) or positive", *l.MaxSizeBytes)
+		}
+		out.MaxSizeBytes = *l.MaxSizeBytes
+	}
+	if l.FullPolicy != nil {
+		switch p := server.FullPolicy(*l.FullPolicy); p {
+		case "", server.PolicyPage, server.PolicyBlock, server.PolicyFail, server.PolicyDrop:
+			out.FullPolicy = p
+		default:
+			return out, invalidf("address_full_policy: %q is not one of PAGE, BLOCK, FAIL, DROP", truncate(*l.FullPolicy, 64))
+		}
+	}
+	return out, nil
+}
+
+func encodeLimits(l server.Limits) limitsJSON {
+	var out limitsJSON
+	if l.MaxSizeBytes != 0 {
+		out.MaxSizeBytes = &l.MaxSizeBytes
+	}
+	if l.FullPolicy != "" {
+		p := string(l.FullPolicy)
+		out.FullPolicy = &p
+	}
+	return out
 }
 
 // decodeQueueConfig decodes and validates the optional body of PUT /v1/queues/{queue}.
@@ -300,6 +339,9 @@ func decodeQueueConfig(data []byte) (server.QueueConfig, error) {
 	if cfg.TTL, err = optDuration("ttl", req.TTL, ttlRange); err != nil {
 		return cfg, err
 	}
+	if cfg.Limits, err = req.limitsJSON.decode(); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }
 
@@ -320,12 +362,14 @@ func encodeQueueConfig(cfg server.QueueConfig) queueConfigJSON {
 		s := cfg.TTL.String()
 		out.TTL = &s
 	}
+	out.limitsJSON = encodeLimits(cfg.Limits)
 	return out
 }
 
 // addressConfigJSON is the body of PUT /v1/addresses/{address}.
 type addressConfigJSON struct {
 	Routing *string `json:"routing"`
+	limitsJSON
 }
 
 // decodeAddressConfig decodes and validates the body of PUT /v1/addresses/{address}.
@@ -339,7 +383,11 @@ func decodeAddressConfig(data []byte) (server.AddressConfig, error) {
 	}
 	switch rt := server.RoutingType(*req.Routing); rt {
 	case server.Anycast, server.Multicast:
-		return server.AddressConfig{Routing: rt}, nil
+		lim, err := req.limitsJSON.decode()
+		if err != nil {
+			return server.AddressConfig{}, err
+		}
+		return server.AddressConfig{Routing: rt, Limits: lim}, nil
 	default:
 		return server.AddressConfig{}, invalidf("routing: %q is not one of %q, %q", truncate(*req.Routing, 64), server.Anycast, server.Multicast)
 	}

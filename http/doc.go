@@ -17,6 +17,7 @@
 //	POST   /v1/queues/{queue}/purge                   200 {"purged": n}
 //	POST   /v1/queues/{queue}/messages                publish the raw body, 201 {"id"}
 //	POST   /v1/queues/{queue}/messages/batch          publish up to 1000, 200 per-message results
+//	GET    /v1/queues/{queue}/messages/{id}/body      the raw body of a delivery (?receipt=...), streamed
 //	POST   /v1/queues/{queue}/receive                 lease up to max messages, long poll up to wait
 //	POST   /v1/queues/{queue}/ack                     per-receipt results
 //	POST   /v1/queues/{queue}/nack                    per-receipt results
@@ -48,6 +49,17 @@
 //     duplicate (idempotency key seen within the window) is also 201, with the first
 //     message's id, "duplicate": true and the header Tmq-Duplicate: true, so a retry
 //     looks like the first success.
+//   - Large messages (large.go): a single publish reads at most
+//     Config.LargeMessageThreshold+1 bytes of its body; a longer body is streamed on to
+//     Broker.PublishStream, which stores it in chunks, never whole in memory. A
+//     Content-Length above Config.MaxBodyBytes is 413 before anything is read; a
+//     chunked body past it is 413 as soon as it passes. A receive answer gives every
+//     message's "size" and "large"; a large message has "data": "" and its body is read
+//     from GET .../messages/{id}/body?receipt=..., which streams it with its
+//     Content-Type and Content-Length. The receipt follows the rules of ack; a bad one
+//     is 400 with the code of the ack results (receipt_unknown, receipt_stale,
+//     receipt_invalid). A body answer cut short of its Content-Length (the live died)
+//     can be fetched again, from the new live, with the same receipt.
 //   - Batch publish: each message is decoded and validated on its own; a bad one gets
 //     a per-message error, the others are published. Only an unusable body as a whole
 //     (not JSON, no messages: 400; more than 1000 messages or too many bytes: 413) fails

@@ -18,6 +18,8 @@ const (
 	CodeConflict         = "conflict"
 	CodeTooLarge         = "too_large"
 	CodeNotLive          = "not_live"
+	CodeAddressFull      = "address_full"
+	CodePublishBlocked   = "publish_blocked"
 	CodeUnavailable      = "unavailable"
 	CodeReceiptUnknown   = "receipt_unknown"
 	CodeReceiptStale     = "receipt_stale"
@@ -50,6 +52,8 @@ var catalog = []catalogEntry{
 	{server.ErrConflict, http.StatusConflict, CodeConflict},
 	{server.ErrTooLarge, http.StatusRequestEntityTooLarge, CodeTooLarge},
 	{server.ErrNotLive, http.StatusServiceUnavailable, CodeNotLive},
+	{server.ErrAddressFull, http.StatusInsufficientStorage, CodeAddressFull},
+	{server.ErrPublishBlocked, http.StatusServiceUnavailable, CodePublishBlocked},
 	{server.ErrUnavailable, http.StatusServiceUnavailable, CodeUnavailable},
 	{server.ErrReceiptUnknown, http.StatusOK, CodeReceiptUnknown},
 	{server.ErrReceiptStale, http.StatusOK, CodeReceiptStale},

@@ -1,8 +1,10 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strconv"
@@ -361,9 +363,13 @@ func (f *fakeBroker) Receive(_ context.Context, queue string, p server.ReceivePa
 		if m.msg.Priority != nil {
 			prio = *m.msg.Priority
 		}
-		out = append(out, server.Delivery{ID: m.id, Receipt: m.leased, Body: m.msg.Body, ContentType: m.msg.ContentType,
+		d := server.Delivery{ID: m.id, Receipt: m.leased, Body: m.msg.Body, ContentType: m.msg.ContentType,
 			Headers: m.msg.Headers, DeliveryCount: m.count, Redelivered: m.count > 1, Priority: prio,
-			PublishedAt: time.Now(), LeaseExpires: m.expires})
+			PublishedAt: time.Now(), LeaseExpires: m.expires, Size: int64(len(m.msg.Body))}
+		if d.Size > server.LargeMessageThresholdDefault {
+			d.Large, d.Body = true, nil
+		}
+		out = append(out, d)
 	}
 	return out, nil
 }
@@ -409,4 +415,51 @@ func (f *fakeBroker) Nack(_ context.Context, queue string, receipts []string, _ 
 
 func (f *fakeBroker) Extend(_ context.Context, queue string, receipts []string, lease time.Duration) ([]server.ReceiptResult, error) {
 	return f.receipts("Extend", queue, receipts, func(q *fakeQueue, i int) { q.msgs[i].expires = time.Now().Add(lease) })
+}
+
+// PublishStream reads the whole body (the fake keeps bodies in memory) and publishes.
+func (f *fakeBroker) PublishStream(ctx context.Context, queue string, m server.Message, body io.Reader) (server.PublishResult, error) {
+	rest, err := io.ReadAll(body)
+	if err != nil {
+		return server.PublishResult{}, fmt.Errorf("%w: reading the message body: %w", server.ErrInvalid, err)
+	}
+	m.Body = append(bytes.Clone(m.Body), rest...)
+	res, err := f.PublishQueue(ctx, queue, []server.Message{m})
+	if err != nil {
+		return server.PublishResult{}, err
+	}
+	return res[0], res[0].Err
+}
+
+// PublishAddressStream is PublishStream to an address.
+func (f *fakeBroker) PublishAddressStream(ctx context.Context, address string, m server.Message, body io.Reader) (server.PublishResult, error) {
+	rest, err := io.ReadAll(body)
+	if err != nil {
+		return server.PublishResult{}, fmt.Errorf("%w: reading the message body: %w", server.ErrInvalid, err)
+	}
+	m.Body = append(bytes.Clone(m.Body), rest...)
+	res, err := f.PublishAddress(ctx, address, []server.Message{m})
+	if err != nil {
+		return server.PublishResult{}, err
+	}
+	return res[0], res[0].Err
+}
+
+// Body serves the body of a leased message for its current receipt.
+func (f *fakeBroker) Body(_ context.Context, queue, id, receipt string) (*server.BodyReader, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check("Body"); err != nil {
+		return nil, err
+	}
+	q, err := f.queue(queue)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range q.msgs {
+		if m.id == id && m.leased != "" && m.leased == receipt {
+			return server.InlineBody(m.msg.Body, m.msg.ContentType), nil
+		}
+	}
+	return nil, server.ErrReceiptUnknown
 }

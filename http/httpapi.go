@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -45,6 +46,10 @@ type Broker interface {
 
 	PublishQueue(ctx context.Context, queue string, msgs []server.Message) ([]server.PublishResult, error)
 	PublishAddress(ctx context.Context, address string, msgs []server.Message) ([]server.PublishResult, error)
+	// Large messages (large.go).
+	PublishStream(ctx context.Context, queue string, m server.Message, body io.Reader) (server.PublishResult, error)
+	PublishAddressStream(ctx context.Context, address string, m server.Message, body io.Reader) (server.PublishResult, error)
+	Body(ctx context.Context, queue, id, receipt string) (*server.BodyReader, error)
 
 	Receive(ctx context.Context, queue string, p server.ReceiveParams) ([]server.Delivery, error)
 	Ack(ctx context.Context, queue string, receipts []string) ([]server.ReceiptResult, error)
@@ -60,6 +65,10 @@ type Config struct {
 	// message of a batch). Pass the server's MaxMessageSize; 0 means
 	// server.MaxMessageSizeDefault.
 	MaxBodyBytes int64
+	// LargeMessageThreshold is the body size above which a single publish is streamed
+	// to the broker (Broker.PublishStream) instead of read whole. Pass the server's
+	// LargeMessageThreshold; 0 means server.LargeMessageThresholdDefault.
+	LargeMessageThreshold int64
 	// MaxRequestBytes bounds a JSON request body; 0 means MaxRequestBytesDefault.
 	MaxRequestBytes int64
 	// MaxBatchBytes bounds a batch publish body; 0 means MaxBatchBytesDefault.
@@ -76,6 +85,9 @@ type Config struct {
 func (c Config) WithDefaults() Config {
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = server.MaxMessageSizeDefault
+	}
+	if c.LargeMessageThreshold <= 0 {
+		c.LargeMessageThreshold = server.LargeMessageThresholdDefault
 	}
 	if c.MaxRequestBytes <= 0 {
 		c.MaxRequestBytes = MaxRequestBytesDefault

@@ -209,6 +209,14 @@ var (
 	descQueueInFlight = prometheus.NewDesc("tablemq_queue_in_flight",
 		"Messages of a queue leased to a receiver and not yet acked (live only; "+
 			"left out above "+strconv.Itoa(MaxQueueSeries)+" queues).", []string{"queue"}, nil)
+	descQueueBytes = prometheus.NewDesc("tablemq_queue_bytes",
+		"Body bytes of a queue's messages that are not paged: its size (live only; "+
+			"left out above "+strconv.Itoa(MaxQueueSeries)+" queues).", []string{"queue"}, nil)
+	descQueuePaged = prometheus.NewDesc("tablemq_queue_paged",
+		"Messages waiting in page logs for a queue (live only; "+
+			"left out above "+strconv.Itoa(MaxQueueSeries)+" queues).", []string{"queue"}, nil)
+	descQueuesBytes = prometheus.NewDesc("tablemq_queues_bytes",
+		"Body bytes of all queues' messages that are not paged: the global size (live only).", nil, nil)
 	descQueues = prometheus.NewDesc("tablemq_queues",
 		"Number of queues (live only).", nil, nil)
 	descQueuesDepth = prometheus.NewDesc("tablemq_queues_depth",
@@ -251,6 +259,18 @@ var (
 		{prometheus.NewDesc("tablemq_messages_dead_letter_dropped_total",
 			"Messages dropped past max_deliveries with no dead-letter queue.", nil, nil),
 			func(c server.Counters) int64 { return c.DeadLetterDropped }},
+		{prometheus.NewDesc("tablemq_messages_paged_total",
+			"Messages written to a page log (an address or queue past its max size, policy PAGE).", nil, nil),
+			func(c server.Counters) int64 { return c.Paged }},
+		{prometheus.NewDesc("tablemq_messages_depaged_total",
+			"Messages moved from a page log into a queue.", nil, nil),
+			func(c server.Counters) int64 { return c.Depaged }},
+		{prometheus.NewDesc("tablemq_messages_full_dropped_total",
+			"Messages dropped because their address was full (policy DROP).", nil, nil),
+			func(c server.Counters) int64 { return c.FullDropped }},
+		{prometheus.NewDesc("tablemq_publishes_full_refused_total",
+			"Publishes refused because their address was full (policy FAIL, or a BLOCK timeout).", nil, nil),
+			func(c server.Counters) int64 { return c.FullRefused }},
 	}
 )
 
@@ -260,7 +280,7 @@ func (c brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d.desc
 	}
 	for _, d := range []*prometheus.Desc{descRole, descEpoch, descQueueDepth, descQueueInFlight,
-		descQueues, descQueuesDepth, descQueuesInFlight} {
+		descQueueBytes, descQueuePaged, descQueues, descQueuesDepth, descQueuesInFlight, descQueuesBytes} {
 		ch <- d
 	}
 }
@@ -301,19 +321,23 @@ func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(descQueues, fmt.Errorf("listing the queues: %w", err))
 		return
 	}
-	var depth, inFlight int64
+	var depth, inFlight, size int64
 	for _, q := range qs {
 		depth += q.Depth
 		inFlight += q.InFlight
+		size += q.Bytes
 	}
 	ch <- prometheus.MustNewConstMetric(descQueues, prometheus.GaugeValue, float64(len(qs)))
 	ch <- prometheus.MustNewConstMetric(descQueuesDepth, prometheus.GaugeValue, float64(depth))
 	ch <- prometheus.MustNewConstMetric(descQueuesInFlight, prometheus.GaugeValue, float64(inFlight))
+	ch <- prometheus.MustNewConstMetric(descQueuesBytes, prometheus.GaugeValue, float64(size))
 	if len(qs) > MaxQueueSeries {
 		return
 	}
 	for _, q := range qs {
 		ch <- prometheus.MustNewConstMetric(descQueueDepth, prometheus.GaugeValue, float64(q.Depth), q.Name)
 		ch <- prometheus.MustNewConstMetric(descQueueInFlight, prometheus.GaugeValue, float64(q.InFlight), q.Name)
+		ch <- prometheus.MustNewConstMetric(descQueueBytes, prometheus.GaugeValue, float64(q.Bytes), q.Name)
+		ch <- prometheus.MustNewConstMetric(descQueuePaged, prometheus.GaugeValue, float64(q.Paged), q.Name)
 	}
 }

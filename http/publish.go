@@ -37,39 +37,54 @@ type publishFunc func(ctx context.Context, target string, msgs []server.Message)
 
 // publishResultJSON is one result of a publish: an id, or an error.
 type publishResultJSON struct {
-	ID        string       `json:"id,omitempty"`
-	Duplicate *bool        `json:"duplicate,omitempty"`
-	Error     *ErrorDetail `json:"error,omitempty"`
+	ID        string `json:"id,omitempty"`
+	Duplicate *bool  `json:"duplicate,omitempty"`
+	// Dropped is true when the address was full under the DROP policy: nothing was
+	// stored (there is no id).
+	Dropped *bool        `json:"dropped,omitempty"`
+	Error   *ErrorDetail `json:"error,omitempty"`
 }
 
-// publishOne serves POST .../messages: the raw body is the message.
-func (a *api) publishOne(w http.ResponseWriter, r *http.Request, target string, publish publishFunc) {
-	body, err := readBody(w, r, a.cfg.MaxBodyBytes)
+// publishOne serves POST .../messages: the raw body is the message. A body above
+// the large-message threshold is streamed to the broker (see large.go).
+func (a *api) publishOne(w http.ResponseWriter, r *http.Request, target string, publish publishFunc, stream streamFunc) {
+	head, rest, more, err := a.readHead(w, r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	msg, err := messageFromHeaders(r.Header, body)
+	msg, err := messageFromHeaders(r.Header, head)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	results, err := publish(r.Context(), target, []server.Message{msg})
-	if err == nil && len(results) != 1 {
-		err = fmt.Errorf("publish returned %d results for 1 message", len(results))
-	}
-	if err == nil {
-		err = results[0].Err
+	var res server.PublishResult
+	if more {
+		res, err = a.publishLarge(w, r, target, msg, rest, stream)
+	} else {
+		var results []server.PublishResult
+		results, err = publish(r.Context(), target, []server.Message{msg})
+		if err == nil && len(results) != 1 {
+			err = fmt.Errorf("publish returned %d results for 1 message", len(results))
+		}
+		if err == nil {
+			res, err = results[0], results[0].Err
+		}
 	}
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	dup := results[0].Duplicate
+	if res.Dropped {
+		dropped := true
+		writeJSON(w, http.StatusAccepted, publishResultJSON{Dropped: &dropped})
+		return
+	}
+	dup := res.Duplicate
 	if dup {
 		w.Header().Set(HeaderDuplicate, "true")
 	}
-	writeJSON(w, http.StatusCreated, publishResultJSON{ID: results[0].ID, Duplicate: &dup})
+	writeJSON(w, http.StatusCreated, publishResultJSON{ID: res.ID, Duplicate: &dup})
 }
 
 // messageFromHeaders builds the message of a single publish from its headers.
@@ -349,6 +364,11 @@ func (a *api) publishBatch(w http.ResponseWriter, r *http.Request, target string
 			if res.Err != nil {
 				d := a.errorDetail(r, res.Err)
 				out.Results[i].Error = &d
+				continue
+			}
+			if res.Dropped {
+				dropped := true
+				out.Results[i].Dropped = &dropped
 				continue
 			}
 			dup := res.Duplicate

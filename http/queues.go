@@ -25,6 +25,7 @@ func (q queuesResource) Routes() chi.Router {
 		r.Post("/purge", q.purge)
 		r.Post("/messages", q.publish)
 		r.Post("/messages/batch", q.publishBatch)
+		r.Get("/messages/{id}/body", q.body) // large.go
 		r.Post("/receive", q.receive)
 		r.Post("/ack", q.receipts(opAck))
 		r.Post("/nack", q.receipts(opNack))
@@ -51,7 +52,10 @@ func (a *api) nameParam(param, what string) func(http.Handler) http.Handler {
 type queueJSON struct {
 	Name             string          `json:"name"`
 	Depth            int64           `json:"depth"`
+	Paged            int64           `json:"paged"`
+	Bytes            int64           `json:"bytes"`
 	InFlight         int64           `json:"in_flight"`
+	InMemory         int64           `json:"in_memory"`
 	Delayed          int64           `json:"delayed"`
 	WaitingReceivers int             `json:"waiting_receivers"`
 	Config           queueConfigJSON `json:"config"`
@@ -63,7 +67,10 @@ func encodeQueue(qi server.QueueInfo) queueJSON {
 	return queueJSON{
 		Name:             qi.Name,
 		Depth:            qi.Depth,
+		Paged:            qi.Paged,
+		Bytes:            qi.Bytes,
 		InFlight:         qi.InFlight,
+		InMemory:         qi.InMemory,
 		Delayed:          qi.Delayed,
 		WaitingReceivers: qi.WaitingReceivers,
 		Config:           encodeQueueConfig(qi.Config),
@@ -149,7 +156,7 @@ func (q queuesResource) purge(w http.ResponseWriter, r *http.Request) {
 
 // publish serves POST /v1/queues/{queue}/messages.
 func (q queuesResource) publish(w http.ResponseWriter, r *http.Request) {
-	q.a.publishOne(w, r, chi.URLParam(r, "queue"), q.a.b.PublishQueue)
+	q.a.publishOne(w, r, chi.URLParam(r, "queue"), q.a.b.PublishQueue, q.a.b.PublishStream)
 }
 
 // publishBatch serves POST /v1/queues/{queue}/messages/batch.
@@ -169,6 +176,10 @@ type deliveryJSON struct {
 	Priority       int               `json:"priority"`
 	PublishedAt    time.Time         `json:"published_at"`
 	LeaseExpiresAt time.Time         `json:"lease_expires_at"`
+	// Large marks a message whose body is not inlined (Data is empty): read it from
+	// GET .../messages/{id}/body. Size is the body size in bytes.
+	Large bool  `json:"large"`
+	Size  int64 `json:"size"`
 }
 
 // receive serves POST /v1/queues/{queue}/receive (long poll up to wait).
@@ -211,6 +222,8 @@ func (q queuesResource) receive(w http.ResponseWriter, r *http.Request) {
 			Priority:       d.Priority,
 			PublishedAt:    d.PublishedAt.UTC(),
 			LeaseExpiresAt: d.LeaseExpires.UTC(),
+			Large:          d.Large,
+			Size:           d.Size,
 		})
 	}
 	writeJSON(w, http.StatusOK, out)

@@ -32,7 +32,8 @@ func sqliteFactory(t *testing.T, cfg Config) *bundle {
 	epoch, err := drv.EpochBump(ctx)
 	require.NoError(t, err)
 
-	srv, err := server.New(drv, server.Config{NodeName: "http-test", MaxMessageSize: cfg.MaxBodyBytes, Logger: cfg.Logger})
+	srv, err := server.New(drv, server.Config{NodeName: "http-test", MaxMessageSize: cfg.MaxBodyBytes,
+		LargeMessageThreshold: cfg.LargeMessageThreshold, Logger: cfg.Logger})
 	require.NoError(t, err)
 	require.NoError(t, srv.Activate(ctx, epoch))
 	t.Cleanup(srv.Deactivate) // runs before drv.Close (cleanups run last-in first-out)

@@ -141,6 +141,9 @@ type Options struct {
 	// Logger receives what the runner repairs (a dirty version); nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// Version, when > 0, stops at that version instead of Latest (tests of upgrades
+	// from an older schema). It never migrates down.
+	Version uint
 }
 
 // Up applies every migration of dialect not yet applied to db, with the table names of
@@ -236,7 +239,7 @@ func UpWithOptions(ctx context.Context, db *sql.DB, dialect string, t Tables, op
 	latest := Latest()
 	const attempts = 5
 	for attempt := 1; ; attempt++ {
-		err = up(ctx, m, latest, logger, dialect, t)
+		err = up(ctx, m, latest, opts.Version, logger, dialect, t)
 		if err == nil || attempt == attempts || !retryable(err) || ctx.Err() != nil {
 			break
 		}
@@ -264,14 +267,18 @@ func openDriver(db *sql.DB, dialect string, t Tables) (database.Driver, error) {
 	case DialectMySQL:
 		return migratemysql.WithInstance(db, &migratemysql.Config{MigrationsTable: t.Migrations, StatementTimeout: 5 * time.Minute})
 	case DialectSQLite:
-		return migratesqlite.WithInstance(db, &migratesqlite.Config{MigrationsTable: t.Migrations})
+		drv, err := migratesqlite.WithInstance(db, &migratesqlite.Config{MigrationsTable: t.Migrations})
+		if err != nil {
+			return nil, err
+		}
+		return &sqliteGuard{Driver: drv, db: db}, nil
 	default:
 		return nil, fmt.Errorf("unknown dialect %q", dialect)
 	}
 }
 
 // up runs one attempt: check the version, repair a dirty one, apply what is missing.
-func up(ctx context.Context, m *migrate.Migrate, latest uint, logger *slog.Logger, dialect string, t Tables) error {
+func up(ctx context.Context, m *migrate.Migrate, latest, target uint, logger *slog.Logger, dialect string, t Tables) error {
 	v, dirty, err := m.Version()
 	switch {
 	case errors.Is(err, migrate.ErrNilVersion):
@@ -294,7 +301,14 @@ func up(ctx context.Context, m *migrate.Migrate, latest uint, logger *slog.Logge
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	err = m.Up()
+	if target > 0 && target < latest {
+		if err == nil && !dirty && v >= target {
+			return nil
+		}
+		err = m.Migrate(target)
+	} else {
+		err = m.Up()
+	}
 	if err == nil || errors.Is(err, migrate.ErrNoChange) {
 		return nil
 	}

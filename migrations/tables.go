@@ -14,6 +14,7 @@ const (
 	PagesDefault         = "tmq_pages"
 	NodeManagerDefault   = "tmq_node_manager"
 	DuplicateIDsDefault  = "tmq_duplicate_ids"
+	CountersDefault      = "tmq_counters"
 	MigrationsDefault    = "tmq_schema_migrations"
 )
 
@@ -26,6 +27,7 @@ type Tables struct {
 	Pages         string `yaml:"page-store-table-name"`
 	NodeManager   string `yaml:"node-manager-store-table-name"`
 	DuplicateIDs  string `yaml:"duplicate-ids-table-name"`
+	Counters      string `yaml:"counter-table-name"`
 	Migrations    string `yaml:"migrations-table-name"`
 }
 
@@ -42,6 +44,7 @@ func (t Tables) WithDefaults() Tables {
 	def(&t.Pages, PagesDefault)
 	def(&t.NodeManager, NodeManagerDefault)
 	def(&t.DuplicateIDs, DuplicateIDsDefault)
+	def(&t.Counters, CountersDefault)
 	def(&t.Migrations, MigrationsDefault)
 	return t
 }
@@ -57,6 +60,7 @@ func WithPrefix(prefix string) Tables {
 		Pages:         prefix + d.Pages,
 		NodeManager:   prefix + d.NodeManager,
 		DuplicateIDs:  prefix + d.DuplicateIDs,
+		Counters:      prefix + d.Counters,
 		Migrations:    prefix + d.Migrations,
 	}
 }
@@ -74,6 +78,7 @@ func (t Tables) Validate() error {
 		{"page-store-table-name", t.Pages},
 		{"node-manager-store-table-name", t.NodeManager},
 		{"duplicate-ids-table-name", t.DuplicateIDs},
+		{"counter-table-name", t.Counters},
 		{"migrations-table-name", t.Migrations},
 	} {
 		if !identRE.MatchString(f.name) {

@@ -11,7 +11,8 @@
 //	                                                   ▼
 //	          backup ◄──────────────────────────── stopping
 //
-// New touches nothing. Activate(ctx, epoch) loads the bindings table (BindingList),
+// New touches nothing. Activate(ctx, epoch) loads the bindings table (BindingList) and
+// the counters (CounterList),
 // starts a Writer under that fencing epoch and one reaper goroutine, and turns live; it
 // reads no message (queues fill lazily, so failover time does not grow with the
 // backlog). Everything an activation builds lives in one value that the next
@@ -48,22 +49,62 @@
 //     future; the reaper (and every receive) moves due ones to the ready heap;
 //   - the in-flight deliveries (lease deadline, receipt nonce) with a heap of lease
 //     ends, and an index of every message in memory;
-//   - a cursor: the window holds every stored message with id <= cursor. Refills are
-//     keyset scans (MessageScan AfterID=cursor, Limit=Config.WindowSize, default 1000)
-//     that run when a receive wants more than the ready heap holds. A scan returning
-//     fewer rows than its limit makes the queue exhausted: the window then holds every
-//     stored message, and newly committed messages are put in memory directly. While
-//     it is not exhausted, newly committed persistent messages with an id above the
-//     cursor stay only in the store and later scans pick them up. When an exhausted
-//     window grows past twice its size it stops being exhausted (the cursor moves to
-//     its largest id), which bounds memory when consumers fall behind;
-//   - the exact depth: the stored count is read once per queue (MessageCount) before
-//     the first write of this activation to it, then maintained.
+//   - two lanes, each with a cursor (a sqlstore.ScanKey): the ready lane holds the
+//     stored messages with deliver_at = 0 in delivery order (priority descending, then
+//     id), the scheduled lane those with deliver_at > 0 by deliver_at, then priority,
+//     then id. The window holds every stored message of a lane up to its cursor.
+//     Refills are keyset scans of one lane after its cursor (MessageScan, at most
+//     Config.WindowSize rows and about Config.WindowBytes bytes, fewer rows when the
+//     queue's messages are big). A receive that wants more than the ready heap holds
+//     reads the ready lane; then, when the scheduled lane's cursor is not in the
+//     future, the scheduled lane (so due messages are found, but messages due in an
+//     hour do not fill memory; the reaper wakes a receiver when the cursor comes due);
+//     then, once the ready lane is exhausted, the page logs (see below). A scan
+//     returning fewer rows than its limit makes its lane exhausted: newly committed
+//     messages of that lane are then put in memory directly. Otherwise a newly
+//     committed persistent message stays only in the store when its key is past the
+//     lane's cursor, and later scans pick it up; a high-priority message published
+//     now lands before the cursor of a backlog of lower ones and goes to memory at
+//     once. When an exhausted window grows past twice its size (messages or bytes) the
+//     lane stops being exhausted (its cursor moves to the largest key in memory),
+//     which bounds memory when consumers fall behind;
+//   - the exact message count and byte size, read at activation from the counters
+//     table (CounterList: a few rows per queue, no COUNT(*)), which the driver keeps
+//     exact in every write transaction, then maintained in memory.
 //
-// Priorities order the window only: a high-priority message past the cursor waits for
-// the refill that reads it. Non-persistent messages live only in memory, whatever the
-// window; they are lost on restart or failover. Delayed messages read by a refill wait
-// in memory until due; QueueInfo.Delayed counts those in memory.
+// A nack with a delay moves a message to the scheduled lane; it stays in memory (the
+// refill that meets its row skips it). Non-persistent messages live only in memory,
+// whatever the window; they are lost on restart or failover. QueueInfo.Delayed counts
+// the delayed messages in memory; InMemory counts the window.
+//
+// # Sizes and paging
+//
+// The size of a queue is the body bytes of its messages that are not paged (in flight
+// included); the size of an address is the sum over its bound queues; the global size
+// is the sum over all queues. Limits (per queue for direct publishes, per address,
+// defaults Config.MaxSizeBytes and Config.FullPolicy, and Config.GlobalMaxSize) are
+// checked before a publish writes: an address (or queue) whose size, or the global
+// size, has reached its limit is full, and the publish applies its FullPolicy:
+// PolicyFail refuses it (ErrAddressFull), PolicyDrop answers Dropped and stores
+// nothing, PolicyBlock waits for acks to make room up to Config.BlockTimeout
+// (ErrPublishBlocked), PolicyPage (the default) appends it to a page log. Concurrent
+// publishes can overshoot a limit by their own size.
+//
+// A page log is an address-level log in the pages table: one per multicast address
+// ("@" and its name), read by every bound queue, so a message fanned out to many
+// queues is stored once while paged; and one per queue (its name) for its direct
+// publishes and its share of anycast addresses. Once a log has rows, every publish to
+// it pages too, until every reader caught up, so that the order holds. Each reading
+// queue keeps a cursor in the log (a KindCursor row of the bindings table: the last id
+// read and the number of rows read); the log's row count is a CounterPages counter,
+// so the paged depth of a queue is exact without reading the log. When a queue's
+// ready lane is exhausted its receivers depage: the next rows after the cursor become
+// message rows of the queue in one transaction with the cursor. Page ids are taken
+// under the log's lock and registered until their commit ends; a depage never moves a
+// cursor past one still being written. Rows every reader has passed are deleted in
+// bulk (PageTrims). A queue bound to an address whose log has rows reads only what is
+// appended after the binding. Large messages are not paged (their bodies are stored
+// once already, in chunks).
 //
 // Ids are taken before the commit and commits may finish out of order, so a refill can
 // pass the id of a message whose commit is still under way. Publishers therefore
@@ -173,7 +214,7 @@
 //	live.adminMu (queue, address and binding changes, held across their store write)
 //	live.metaMu  (the queue and address maps; never held across I/O)
 //	queue.mu     (one queue; never held across I/O; never two queues at once)
-//	dedupSet.mu  (one idempotency scope; a leaf)
+//	dedupSet.mu, pageLog.mu, live.logsMu (leaves)
 //
 // Server.lifeMu serialises Activate and Deactivate and is taken by nothing else;
 // Server.doneMu guards the Done channel only (a leaf).

@@ -26,6 +26,12 @@ var (
 	ErrNotLive = errors.New("not live")
 	// ErrUnavailable means the store failed; the operation may be retried (HTTP 503).
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrAddressFull means the address (or queue) is past its max size under
+	// PolicyFail (HTTP 507).
+	ErrAddressFull = errors.New("address full")
+	// ErrPublishBlocked means a publish waited the block timeout for room under
+	// PolicyBlock (HTTP 503 with Retry-After).
+	ErrPublishBlocked = errors.New("address full: publish blocked until the timeout")
 )
 
 // invalidf returns an ErrInvalid with a message.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sort"
 	"sync"
@@ -26,6 +27,15 @@ type live struct {
 
 	counter atomic.Int64 // low bits of the last message id handed out
 
+	// global is the sum of the queues' sizes (queue.bytes), for Config.GlobalMaxSize.
+	global atomic.Int64
+	// spaceCh, when set, is closed (and cleared) the next time sizes go down, waking
+	// blocked publishers.
+	spaceCh atomic.Pointer[chan struct{}]
+	// logs are the page logs by key; logsMu is a leaf lock guarding the map.
+	logsMu sync.Mutex
+	logs   map[string]*pageLog
+
 	// The store may hold idempotency keys the in-memory maps do not know: those of
 	// earlier lives, and those of writes that failed but may have committed. They were
 	// all created before unknownKeysSince (Unix ms). Once a duplicate cleanup deleted
@@ -39,6 +49,7 @@ type live struct {
 	finished   chan struct{} // closed when deactivation has ended
 	reaperStop chan struct{}
 	reaperDone chan struct{}
+	large      *largeState // large.go: the sweeper of abandoned uploads
 
 	// adminMu serialises changes of queues, addresses and bindings, including their
 	// store writes. It is the outermost lock (see the package documentation).
@@ -57,13 +68,14 @@ type live struct {
 type address struct {
 	name      string
 	routing   RoutingType
+	limits    Limits
 	createdAt time.Time
 	queues    []string // sorted; guarded by live.metaMu
 	rr        atomic.Uint64
 }
 
-func newAddress(name string, routing RoutingType, createdAt time.Time) *address {
-	a := &address{name: name, routing: routing, createdAt: createdAt}
+func newAddress(name string, cfg AddressConfig, createdAt time.Time) *address {
+	a := &address{name: name, routing: cfg.Routing, limits: cfg.Limits, createdAt: createdAt}
 	return a
 }
 
@@ -80,6 +92,7 @@ func newLive(s *Server, epoch int64) *live {
 		queues:     map[string]*queue{},
 		addresses:  map[string]*address{},
 		dedups:     map[string]*dedupSet{},
+		logs:       map[string]*pageLog{},
 	}
 	l.unknownKeysSince.Store(l.now().UnixMilli())
 	return l
@@ -116,8 +129,8 @@ func (l *live) isStopping() bool {
 }
 
 // loadBindings builds the queues and addresses from the rows of the bindings table.
-func (l *live) loadBindings(rows []sqlstore.Binding) {
-	var binds []sqlstore.Binding
+func (l *live) loadBindings(rows []sqlstore.Binding, counters []sqlstore.Counter) {
+	var binds, cursors []sqlstore.Binding
 	for _, b := range rows {
 		switch b.Kind {
 		case sqlstore.KindQueue:
@@ -133,9 +146,11 @@ func (l *live) loadBindings(rows []sqlstore.Binding) {
 				l.log.Warn("address settings unreadable; using multicast", "address", b.Name, "error", err)
 				c.Routing = Multicast
 			}
-			l.addresses[b.Name] = newAddress(b.Name, c.Routing, time.UnixMilli(b.CreatedAt))
+			l.addresses[b.Name] = newAddress(b.Name, c, time.UnixMilli(b.CreatedAt))
 		case sqlstore.KindBinding:
 			binds = append(binds, b)
+		case sqlstore.KindCursor:
+			cursors = append(cursors, b)
 		default:
 			l.log.Warn("unknown binding kind ignored", "kind", b.Kind, "name", b.Name)
 		}
@@ -151,7 +166,15 @@ func (l *live) loadBindings(rows []sqlstore.Binding) {
 	for _, a := range l.addresses {
 		sort.Strings(a.queues)
 	}
+	l.loadCounters(counters)
+	for _, b := range cursors {
+		l.loadCursor(b)
+	}
+	l.initLogs()
 }
+
+// isNotLive reports whether err means the activation ended.
+func isNotLive(err error) bool { return errors.Is(err, ErrNotLive) }
 
 // deactivate ends this activation; see Server.Deactivate. A second caller waits for the
 // first to finish.
@@ -172,6 +195,7 @@ func (l *live) deactivate(fenced bool) {
 	close(l.stopping) // new calls fail; waiting receivers return
 	close(l.reaperStop)
 	<-l.reaperDone
+	l.stopLarge() // large.go
 	if !fenced {
 		l.persistDeliveryCounts()
 	}
@@ -325,9 +349,9 @@ func (l *live) queueEnsure(ctx context.Context, name string, cfg QueueConfig, st
 	}
 	for i, n := range names {
 		nq := newQueue(l, n, cfgs[i], time.UnixMilli(now.UnixMilli()))
-		// A queue created now has no stored messages: no count to load.
-		nq.loaded = true
-		nq.exhausted = true
+		// A queue created now has no stored messages: its window holds them all.
+		nq.lanes[laneReady].exhausted = true
+		nq.lanes[laneSched].exhausted = true
 		l.metaMu.Lock()
 		l.queues[n] = nq
 		l.metaMu.Unlock()
@@ -363,10 +387,28 @@ func (l *live) queueDelete(ctx context.Context, name string) error {
 	for _, a := range l.queueAddresses(name) {
 		b.BindingDeletes = append(b.BindingDeletes, sqlstore.BindingKey{Kind: sqlstore.KindBinding, Name: a, Target: name})
 	}
+	// Its own page log, and its cursors in the logs of its addresses.
+	b.PageTrims = append(b.PageTrims, sqlstore.PageTrim{Log: name, UpTo: math.MaxInt64})
+	b.CounterDeletes = append(b.CounterDeletes, sqlstore.CounterKey{Kind: sqlstore.CounterPages, Name: name})
+	q.mu.Lock()
+	var logs []*pageLog
+	for key, c := range q.cursors {
+		b.BindingDeletes = append(b.BindingDeletes, sqlstore.BindingKey{Kind: sqlstore.KindCursor, Name: name, Target: key})
+		if key != name {
+			logs = append(logs, c.log)
+		}
+	}
+	q.mu.Unlock()
 	if err := l.write(ctx, b); err != nil {
 		q.abortDelete()
 		return fmt.Errorf("server: delete queue %q: %w", name, err)
 	}
+	l.dropLog(name)
+	defer func() {
+		for _, lg := range logs {
+			l.updatePaging(lg)
+		}
+	}()
 	l.metaMu.Lock()
 	delete(l.queues, name)
 	for _, a := range l.addresses {
@@ -387,14 +429,17 @@ func (l *live) addressCreate(ctx context.Context, name string, cfg AddressConfig
 	if cfg.Routing != Anycast && cfg.Routing != Multicast {
 		return false, invalidf("routing %q: must be %q or %q", cfg.Routing, Anycast, Multicast)
 	}
+	if err := cfg.Limits.validate(); err != nil {
+		return false, err
+	}
 	l.adminMu.Lock()
 	defer l.adminMu.Unlock()
 	l.metaMu.RLock()
 	a := l.addresses[name]
 	l.metaMu.RUnlock()
 	if a != nil {
-		if a.routing != cfg.Routing {
-			return false, fmt.Errorf("server: address %q exists with routing %s: %w", name, a.routing, ErrConflict)
+		if a.routing != cfg.Routing || a.limits != cfg.Limits {
+			return false, fmt.Errorf("server: address %q exists with other settings (routing %s): %w", name, a.routing, ErrConflict)
 		}
 		return false, nil
 	}
@@ -407,7 +452,7 @@ func (l *live) addressCreate(ctx context.Context, name string, cfg AddressConfig
 		return false, fmt.Errorf("server: create address %q: %w", name, err)
 	}
 	l.metaMu.Lock()
-	l.addresses[name] = newAddress(name, cfg.Routing, now)
+	l.addresses[name] = newAddress(name, cfg, now)
 	l.metaMu.Unlock()
 	return true, nil
 }
@@ -419,14 +464,37 @@ func (l *live) addressInfo(name string) (AddressInfo, error) {
 	if a == nil {
 		return AddressInfo{}, fmt.Errorf("server: address %q: %w", name, ErrAddressNotFound)
 	}
-	return AddressInfo{Name: a.name, Routing: a.routing, Queues: append([]string{}, a.queues...), CreatedAt: a.createdAt}, nil
+	return l.describeAddressLocked(a), nil
+}
+
+// describeAddressLocked describes an address; metaMu is held.
+func (l *live) describeAddressLocked(a *address) AddressInfo {
+	ai := AddressInfo{Name: a.name, Routing: a.routing, Limits: a.limits, Queues: append([]string{}, a.queues...), CreatedAt: a.createdAt}
+	key := addressDupScope(a.name)
+	lg := l.logIf(key)
+	if lg != nil {
+		ai.Paging = lg.paging.Load()
+	}
+	for _, n := range a.queues {
+		q := l.queues[n]
+		if q == nil {
+			continue
+		}
+		q.mu.Lock()
+		ai.Bytes += q.bytes
+		if c := q.cursors[key]; c != nil {
+			ai.Paged = max(ai.Paged, c.pending())
+		}
+		q.mu.Unlock()
+	}
+	return ai
 }
 
 func (l *live) addressList() []AddressInfo {
 	l.metaMu.RLock()
 	out := make([]AddressInfo, 0, len(l.addresses))
 	for _, a := range l.addresses {
-		out = append(out, AddressInfo{Name: a.name, Routing: a.routing, Queues: append([]string{}, a.queues...), CreatedAt: a.createdAt})
+		out = append(out, l.describeAddressLocked(a))
 	}
 	l.metaMu.RUnlock()
 	slices.SortFunc(out, func(a, b AddressInfo) int { return compareStrings(a.Name, b.Name) })
@@ -440,16 +508,30 @@ func (l *live) addressDelete(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	b := &sqlstore.Batch{BindingDeletes: []sqlstore.BindingKey{{Kind: sqlstore.KindAddress, Name: name}}}
+	key := addressDupScope(name)
+	b := &sqlstore.Batch{
+		BindingDeletes: []sqlstore.BindingKey{{Kind: sqlstore.KindAddress, Name: name}},
+		PageTrims:      []sqlstore.PageTrim{{Log: key, UpTo: math.MaxInt64}},
+		CounterDeletes: []sqlstore.CounterKey{{Kind: sqlstore.CounterPages, Name: key}},
+	}
 	for _, q := range info.Queues {
-		b.BindingDeletes = append(b.BindingDeletes, sqlstore.BindingKey{Kind: sqlstore.KindBinding, Name: name, Target: q})
+		b.BindingDeletes = append(b.BindingDeletes,
+			sqlstore.BindingKey{Kind: sqlstore.KindBinding, Name: name, Target: q},
+			sqlstore.BindingKey{Kind: sqlstore.KindCursor, Name: q, Target: key})
 	}
 	if err := l.write(ctx, b); err != nil {
 		return fmt.Errorf("server: delete address %q: %w", name, err)
 	}
+	readers := l.readersOf(key)
 	l.metaMu.Lock()
 	delete(l.addresses, name)
 	l.metaMu.Unlock()
+	for _, q := range readers {
+		q.mu.Lock()
+		delete(q.cursors, key)
+		q.mu.Unlock()
+	}
+	l.dropLog(key)
 	return nil
 }
 
@@ -477,11 +559,23 @@ func (l *live) bindingCreate(ctx context.Context, addr, queueName string) (bool,
 	case bound:
 		return false, nil
 	}
-	err := l.write(ctx, &sqlstore.Batch{BindingPuts: []sqlstore.Binding{{
+	b := &sqlstore.Batch{BindingPuts: []sqlstore.Binding{{
 		Kind: sqlstore.KindBinding, Name: addr, Target: queueName, Config: "{}", CreatedAt: l.now().UnixMilli(),
-	}}})
-	if err != nil {
+	}}}
+	// A queue bound to a multicast address whose log holds rows reads only what is
+	// appended from now on.
+	var cur *pageCursor
+	if lg := l.logIf(addressDupScope(addr)); lg != nil && a.routing == Multicast {
+		cur = l.cursorAtEnd(lg)
+		b.BindingPuts = append(b.BindingPuts, cur.row(queueName))
+	}
+	if err := l.write(ctx, b); err != nil {
 		return false, fmt.Errorf("server: bind queue %q to address %q: %w", queueName, addr, err)
+	}
+	if cur != nil {
+		q.mu.Lock()
+		q.cursors[cur.log.key] = cur
+		q.mu.Unlock()
 	}
 	l.metaMu.Lock()
 	if i, ok := slices.BinarySearch(a.queues, queueName); !ok {
@@ -507,7 +601,11 @@ func (l *live) bindingDelete(ctx context.Context, addr, queueName string) error 
 	if !bound {
 		return fmt.Errorf("server: queue %q is not bound to address %q: %w", queueName, addr, ErrBindingNotFound)
 	}
-	err := l.write(ctx, &sqlstore.Batch{BindingDeletes: []sqlstore.BindingKey{{Kind: sqlstore.KindBinding, Name: addr, Target: queueName}}})
+	key := addressDupScope(addr)
+	err := l.write(ctx, &sqlstore.Batch{BindingDeletes: []sqlstore.BindingKey{
+		{Kind: sqlstore.KindBinding, Name: addr, Target: queueName},
+		{Kind: sqlstore.KindCursor, Name: queueName, Target: key},
+	}})
 	if err != nil {
 		return fmt.Errorf("server: unbind queue %q from address %q: %w", queueName, addr, err)
 	}
@@ -515,6 +613,15 @@ func (l *live) bindingDelete(ctx context.Context, addr, queueName string) error 
 	if i, ok := slices.BinarySearch(a.queues, queueName); ok {
 		a.queues = slices.Delete(a.queues, i, i+1)
 	}
+	q := l.queues[queueName]
 	l.metaMu.Unlock()
+	if q != nil {
+		q.mu.Lock()
+		delete(q.cursors, key)
+		q.mu.Unlock()
+	}
+	if lg := l.logIf(key); lg != nil {
+		l.updatePaging(lg)
+	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"container/heap"
 	"container/list"
 	"context"
@@ -31,6 +32,8 @@ type msg struct {
 	contentType string
 	headers     map[string]string
 	body        []byte
+	size        int64 // body size in bytes (for a large message: of its chunks)
+	large       bool  // the body lives in the large-messages table; body is nil
 	persistent  bool
 
 	deliveries int32     // delivery count: the stored count plus deliveries by this live
@@ -51,6 +54,8 @@ func msgFromRow(r *sqlstore.Message) *msg {
 		contentType: r.ContentType,
 		headers:     r.Headers,
 		body:        r.Body,
+		size:        r.Size,
+		large:       r.Large,
 		persistent:  true,
 		deliveries:  r.DeliveryCount,
 	}
@@ -68,6 +73,8 @@ func (m *msg) row(queue string) sqlstore.Message {
 		ContentType:   m.contentType,
 		Headers:       m.headers,
 		Body:          m.body,
+		Size:          m.size,
+		Large:         m.large,
 	}
 }
 
@@ -141,9 +148,50 @@ type waiter struct {
 	elem *list.Element
 }
 
+// Lanes of a queue's window: every stored message is in exactly one, by its stored
+// deliver_at (see sqlstore.LaneReady and sqlstore.LaneScheduled).
+const (
+	laneReady = 0
+	laneSched = 1
+	laneCount = 2
+)
+
+var storeLane = [laneCount]sqlstore.Lane{sqlstore.LaneReady, sqlstore.LaneScheduled}
+
+// laneOf returns the lane of a stored message with this deliver_at.
+func laneOf(deliverAt int64) int {
+	if deliverAt > 0 {
+		return laneSched
+	}
+	return laneReady
+}
+
+// keyOf returns the position of m in its lane.
+func keyOf(m *msg) sqlstore.ScanKey {
+	return sqlstore.ScanKey{DeliverAt: m.deliverAt, Priority: int16(m.priority), ID: m.id}
+}
+
+// cmpKey compares two positions in lane ln, in the lane's order.
+func cmpKey(ln int, a, b sqlstore.ScanKey) int {
+	if ln == laneSched && a.DeliverAt != b.DeliverAt {
+		return cmp.Compare(a.DeliverAt, b.DeliverAt)
+	}
+	if a.Priority != b.Priority {
+		return cmp.Compare(b.Priority, a.Priority) // descending
+	}
+	return cmp.Compare(a.ID, b.ID)
+}
+
+// laneState is the window's position in one lane.
+type laneState struct {
+	started   bool             // cursor is set; false: the window starts before the head
+	cursor    sqlstore.ScanKey // the window holds every stored message of the lane up to it
+	exhausted bool             // the window holds every stored message of the lane
+}
+
 // queue is one queue of one activation. See the package documentation for the window,
-// the cursor and the exhausted state. Every mutable field is guarded by mu, the only
-// lock of a queue; nothing does I/O while holding it.
+// the lanes and the page logs. Every mutable field is guarded by mu, the only lock of
+// a queue; nothing does I/O while holding it.
 type queue struct {
 	l         *live
 	name      string
@@ -156,21 +204,18 @@ type queue struct {
 	pubs     int           // publishes (and dead-letter moves) under way into this queue
 	idle     chan struct{} // closed when pubs drops to 0 while deleting
 
-	loaded  bool          // depth holds the stored count
-	loading chan struct{} // non-nil while the count is being loaded
-	depth   int64         // messages not acked: stored ones plus non-persistent ones
+	msgs  int64 // messages in the messages table plus non-persistent ones, not acked
+	bytes int64 // their body bytes (counted in the sizes of addresses and the global size)
 
 	index    map[int64]*msg // every message in memory
+	memBytes int64          // footprint of the messages in index
 	ready    readyHeap
 	delayed  delayHeap
 	leases   leaseHeap
 	inFlight int64
 
-	cursor    int64         // the window holds every stored message with id <= cursor
-	exhausted bool          // the window holds every stored message
-	scanned   bool          // a refill ran at least once
-	scanning  chan struct{} // non-nil while a refill reads the store
-	maxMemID  int64         // largest persistent id ever put in memory
+	lanes    [laneCount]laneState
+	scanning chan struct{} // non-nil while a refill or a depage reads the store
 	// uncommitted holds the ids of persistent messages being written; the value turns
 	// true when a refill read the row before the publisher took it in.
 	uncommitted map[int64]bool
@@ -180,6 +225,9 @@ type queue struct {
 	// pendingDeletes holds ids of stored rows being deleted that are not in memory;
 	// refills skip them.
 	pendingDeletes map[int64]struct{}
+
+	// cursors are the queue's positions in the page logs it reads, by log key.
+	cursors map[string]*pageCursor
 
 	waiters list.List // of *waiter, FIFO
 }
@@ -193,6 +241,7 @@ func newQueue(l *live, name string, cfg QueueConfig, createdAt time.Time) *queue
 		index:          map[int64]*msg{},
 		uncommitted:    map[int64]bool{},
 		pendingDeletes: map[int64]struct{}{},
+		cursors:        map[string]*pageCursor{},
 	}
 	return q
 }
@@ -201,45 +250,42 @@ func (q *queue) notFound() error {
 	return fmt.Errorf("server: queue %q: %w", q.name, ErrQueueNotFound)
 }
 
-// ensureLoaded loads the stored message count once. Every path that writes messages
-// of the queue calls it first, so no write of this live is counted twice.
-func (q *queue) ensureLoaded(ctx context.Context) error {
-	for {
-		q.mu.Lock()
-		if q.deleting || q.deleted {
-			q.mu.Unlock()
-			return q.notFound()
-		}
-		if q.loaded {
-			q.mu.Unlock()
-			return nil
-		}
-		if ch := q.loading; ch != nil {
-			q.mu.Unlock()
-			select {
-			case <-ch:
-				continue
-			case <-ctx.Done():
-				return fmt.Errorf("server: queue %q: %w", q.name, ctx.Err())
-			}
-		}
-		ch := make(chan struct{})
-		q.loading = ch
-		q.mu.Unlock()
-		n, err := q.l.s.drv.MessageCount(ctx, q.name)
-		q.mu.Lock()
-		q.loading = nil
-		close(ch)
-		if err == nil {
-			q.loaded = true
-			q.depth += n
-		}
-		q.mu.Unlock()
-		if err != nil {
-			return fmt.Errorf("server: count messages of queue %q: %w: %w", q.name, ErrUnavailable, err)
-		}
-		return nil
+// accountLocked changes the message count and byte total of the queue, and the
+// global total with it.
+func (q *queue) accountLocked(n, bytes int64) {
+	q.msgs += n
+	q.bytes += bytes
+	q.l.global.Add(bytes)
+	if bytes < 0 {
+		q.l.spaceFreed()
 	}
+}
+
+// allExhaustedLocked reports whether the window holds every stored message.
+func (q *queue) allExhaustedLocked() bool {
+	return q.lanes[laneReady].exhausted && q.lanes[laneSched].exhausted
+}
+
+// coveredLocked reports whether the window covers a stored message at key k of lane
+// ln: such a message belongs in memory.
+func (q *queue) coveredLocked(ln int, k sqlstore.ScanKey) bool {
+	st := &q.lanes[ln]
+	return st.exhausted || (st.started && cmpKey(ln, k, st.cursor) <= 0)
+}
+
+// uncoverLocked moves the window of lane ln back below key k, so that a later refill
+// reads a row at k if it exists.
+func (q *queue) uncoverLocked(ln int, k sqlstore.ScanKey) {
+	if !q.coveredLocked(ln, k) {
+		return
+	}
+	st := &q.lanes[ln]
+	k.ID--
+	if !st.started || cmpKey(ln, k, st.cursor) < 0 {
+		st.cursor = k
+	}
+	st.started = true
+	st.exhausted = false
 }
 
 // beginPublish registers a write of messages into the queue; endPublish ends it.
@@ -291,23 +337,34 @@ func (q *queue) finishDelete() {
 	defer q.mu.Unlock()
 	q.deleted = true
 	q.index = map[int64]*msg{}
+	q.memBytes = 0
 	q.ready, q.delayed, q.leases = nil, nil, nil
-	q.inFlight, q.depth = 0, 0
+	q.inFlight = 0
+	q.accountLocked(-q.msgs, -q.bytes)
 	q.wakeAllLocked()
+}
+
+// footprint estimates the memory a message in the window takes.
+func footprint(m *msg) int64 {
+	n := int64(len(m.body)+len(m.contentType)) + 160
+	for k, v := range m.headers {
+		n += int64(len(k)+len(v)) + 32
+	}
+	return n
 }
 
 // addLocked puts a message in memory, ready or delayed.
 func (q *queue) addLocked(m *msg, nowMs int64) {
 	q.index[m.id] = m
-	if m.deliverAt > nowMs {
-		m.state = stDelayed
-		heap.Push(&q.delayed, m)
-	} else {
-		m.state = stReady
-		heap.Push(&q.ready, m)
-	}
-	if m.persistent && m.id > q.maxMemID {
-		q.maxMemID = m.id
+	q.memBytes += footprint(m)
+	q.requeueLocked(m, nowMs)
+}
+
+// forgetLocked drops a message from memory.
+func (q *queue) forgetLocked(m *msg) {
+	if q.index[m.id] == m {
+		delete(q.index, m.id)
+		q.memBytes -= footprint(m)
 	}
 }
 
@@ -341,7 +398,7 @@ func (q *queue) unlinkLocked(m *msg) {
 // many receivers to wake.
 //
 // A failed write may still have committed (the answer to COMMIT can be lost), so on a
-// failure the cursor is moved back below the messages: later refills read them if
+// failure the window is moved back below the messages: later refills read them if
 // they exist, and skip what memory holds.
 func (q *queue) committedLocked(ms []*msg, ok bool, nowMs int64) int {
 	added := 0
@@ -351,19 +408,17 @@ func (q *queue) committedLocked(ms []*msg, ok bool, nowMs int64) int {
 		if q.deleted {
 			continue
 		}
+		ln, k := laneOf(m.deliverAt), keyOf(m)
 		if !ok {
-			if m.id <= q.cursor || q.exhausted {
-				q.cursor = min(q.cursor, m.id-1)
-				q.exhausted = false
-			}
+			q.uncoverLocked(ln, k)
 			continue
 		}
-		q.depth++
+		q.accountLocked(1, m.size)
 		if seen {
 			continue // a refill read it already
 		}
 		switch {
-		case q.exhausted || m.id <= q.cursor:
+		case q.coveredLocked(ln, k):
 			if q.index[m.id] == nil {
 				q.addLocked(m, nowMs)
 				added++
@@ -379,19 +434,60 @@ func (q *queue) committedLocked(ms []*msg, ok bool, nowMs int64) int {
 	return added
 }
 
-// pageOutLocked leaves the exhausted state when the window grew past twice its size:
-// later persistent messages then stay in the store until refills read them.
+// windowBytes is the byte bound of one lane's part of the window.
+func (q *queue) windowBytes() int64 { return q.l.cfg.WindowBytes }
+
+// pageOutLocked leaves the exhausted state of a lane when the window grew past twice
+// its size (in messages or bytes): later persistent messages of the lane then stay in
+// the store until refills read them. The cursor moves to the largest key in memory.
 func (q *queue) pageOutLocked() {
-	if q.exhausted && q.ready.Len()+q.delayed.Len() > 2*q.l.cfg.WindowSize {
-		q.exhausted = false
-		q.cursor = max(q.cursor, q.maxMemID)
+	held := q.ready.Len() + q.delayed.Len()
+	if held <= 2*q.l.cfg.WindowSize && q.memBytes <= 2*q.windowBytes() {
+		return
+	}
+	for ln := range laneCount {
+		st := &q.lanes[ln]
+		if !st.exhausted {
+			continue
+		}
+		found := false
+		var top sqlstore.ScanKey
+		for _, m := range q.index {
+			if !m.persistent || laneOf(m.deliverAt) != ln {
+				continue
+			}
+			if k := keyOf(m); !found || cmpKey(ln, k, top) > 0 {
+				top, found = k, true
+			}
+		}
+		if !found {
+			continue // nothing of the lane in memory: it stays exhausted
+		}
+		st.exhausted = false
+		if !st.started || cmpKey(ln, top, st.cursor) > 0 {
+			st.cursor = top
+		}
+		st.started = true
 	}
 }
 
-// refillLocked reads the next part of the queue from the store into the window. It is
+// refillLimit is the number of rows one refill reads: Config.WindowSize, fewer when
+// the queue's messages are big, so that a refill stays within Config.WindowBytes.
+func (q *queue) refillLimitLocked() int {
+	limit := q.l.cfg.WindowSize
+	if q.msgs > 0 && q.bytes > 0 {
+		avg := q.bytes/q.msgs + 160
+		if n := q.windowBytes() / avg; n < int64(limit) {
+			limit = max(int(n), 1)
+		}
+	}
+	return limit
+}
+
+// refillLocked reads the next part of lane ln from the store into the window. It is
 // called with mu held, releases it for the read, and returns with it held. Only one
 // refill runs at a time; a caller finding one running waits for it instead.
-func (q *queue) refillLocked(ctx context.Context) error {
+func (q *queue) refillLocked(ctx context.Context, ln int) error {
 	if ch := q.scanning; ch != nil {
 		q.mu.Unlock()
 		select {
@@ -403,27 +499,30 @@ func (q *queue) refillLocked(ctx context.Context) error {
 	}
 	ch := make(chan struct{})
 	q.scanning = ch
-	after := q.cursor
-	limit := q.l.cfg.WindowSize
+	st := &q.lanes[ln]
+	p := &sqlstore.MessageScanParams{Queue: q.name, Lane: storeLane[ln], Limit: q.refillLimitLocked()}
+	if st.started {
+		from := st.cursor
+		p.From = &from
+	}
 	q.mu.Unlock()
-	rows, err := q.l.s.drv.MessageScan(ctx, &sqlstore.MessageScanParams{Queue: q.name, AfterID: after, Limit: limit})
+	rows, err := q.l.s.drv.MessageScan(ctx, p)
 	q.mu.Lock()
 	q.scanning = nil
 	close(ch)
-	late := q.lateCommits
-	q.lateCommits = nil
 	if err != nil {
+		q.settleLateLocked(q.l.now().UnixMilli())
 		return fmt.Errorf("server: read queue %q: %w: %w", q.name, ErrUnavailable, err)
 	}
 	if q.deleting || q.deleted {
 		return nil
 	}
-	q.scanned = true
 	nowMs := q.l.now().UnixMilli()
 	for i := range rows {
 		r := &rows[i]
-		if r.ID > q.cursor {
-			q.cursor = r.ID
+		k := sqlstore.ScanKey{DeliverAt: r.DeliverAt, Priority: r.Priority, ID: r.ID}
+		if !st.started || cmpKey(ln, k, st.cursor) > 0 {
+			st.cursor, st.started = k, true
 		}
 		if _, ok := q.uncommitted[r.ID]; ok {
 			q.uncommitted[r.ID] = true
@@ -436,23 +535,83 @@ func (q *queue) refillLocked(ctx context.Context) error {
 		}
 		q.addLocked(msgFromRow(r), nowMs)
 	}
-	if len(rows) < limit {
-		q.exhausted = true
+	if len(rows) < p.Limit {
+		st.exhausted = true
 	}
-	for _, m := range late {
-		if (q.exhausted || m.id <= q.cursor) && q.index[m.id] == nil {
-			if _, ok := q.pendingDeletes[m.id]; !ok {
-				q.addLocked(m, nowMs)
+	q.settleLateLocked(nowMs)
+	q.wakeLocked(q.ready.Len())
+	return nil
+}
+
+// schedDueLocked reports whether due messages of the scheduled lane may wait in the
+// store: the window does not hold the whole lane and its position is not in the
+// future.
+func (q *queue) schedDueLocked(nowMs int64) bool {
+	st := &q.lanes[laneSched]
+	return !st.exhausted && (!st.started || st.cursor.DeliverAt <= nowMs)
+}
+
+// fillLocked reads the store until the ready heap holds want messages or there is
+// nothing more to read. Each pass reads due messages of the scheduled lane (when its
+// cursor is not in the future) and the ready lane side by side, so neither starves the
+// other (the ready heap merges them by priority), then the page logs once the ready
+// lane is exhausted. Called with mu held; it releases it for the reads.
+func (q *queue) fillLocked(ctx context.Context, want int) error {
+	for range 64 { // bounded: each pass reads at most a window per lane
+		if q.deleting || q.deleted || q.ready.Len() >= want {
+			return nil
+		}
+		before, paged := q.lanes, q.pagedLocked()
+		tried := false
+		if q.schedDueLocked(q.l.now().UnixMilli()) {
+			tried = true
+			if err := q.refillLocked(ctx, laneSched); err != nil {
+				return err
+			}
+			q.promoteLocked(q.l.now().UnixMilli())
+		}
+		if q.ready.Len() < want && !q.lanes[laneReady].exhausted && !q.deleting && !q.deleted {
+			tried = true
+			if err := q.refillLocked(ctx, laneReady); err != nil {
+				return err
 			}
 		}
-	}
-	if q.exhausted {
-		q.cursor = max(q.cursor, q.maxMemID)
-	}
-	if q.ready.Len() > 0 {
-		q.wakeLocked(q.ready.Len())
+		if q.ready.Len() < want && q.lanes[laneReady].exhausted && q.pagedLocked() > 0 && !q.deleting && !q.deleted {
+			tried = true
+			if err := q.depageLocked(ctx); err != nil {
+				return err
+			}
+		}
+		if !tried {
+			return nil
+		}
+		q.promoteLocked(q.l.now().UnixMilli())
+		if q.lanes == before && q.pagedLocked() == paged && q.scanning == nil {
+			return nil // no progress (appends in flight, or nothing new); do not spin
+		}
 	}
 	return nil
+}
+
+// settleLateLocked decides, once a refill or depage ended, where the messages
+// committed during it belong: in memory when the window covers them, else in the
+// store for a later refill (a receiver is woken to do it).
+func (q *queue) settleLateLocked(nowMs int64) {
+	late := q.lateCommits
+	q.lateCommits = nil
+	wake := 0
+	for _, m := range late {
+		if _, ok := q.pendingDeletes[m.id]; ok || q.index[m.id] != nil || q.deleted {
+			continue
+		}
+		if q.coveredLocked(laneOf(m.deliverAt), keyOf(m)) {
+			q.addLocked(m, nowMs)
+			wake++
+		} else {
+			wake++
+		}
+	}
+	q.wakeLocked(wake)
 }
 
 // promoteLocked moves delayed messages whose time has come to the ready heap.
@@ -482,18 +641,9 @@ func (q *queue) wakeLocked(n int) {
 
 func (q *queue) wakeAllLocked() { q.wakeLocked(q.waiters.Len()) }
 
-// info describes the queue; it fills the window on first use.
-func (q *queue) info(ctx context.Context) (QueueInfo, error) {
-	if err := q.ensureLoaded(ctx); err != nil {
-		return QueueInfo{}, err
-	}
+// info describes the queue from memory: no store read.
+func (q *queue) info() (QueueInfo, error) {
 	q.mu.Lock()
-	if !q.scanned && !q.exhausted && !q.deleting && !q.deleted {
-		if err := q.refillLocked(ctx); err != nil {
-			q.mu.Unlock()
-			return QueueInfo{}, err
-		}
-	}
 	if q.deleting || q.deleted {
 		q.mu.Unlock()
 		return QueueInfo{}, q.notFound()
@@ -501,24 +651,26 @@ func (q *queue) info(ctx context.Context) (QueueInfo, error) {
 	qi := QueueInfo{
 		Name:             q.name,
 		Config:           q.cfg,
-		Depth:            max(q.depth, 0),
+		Depth:            max(q.msgs, 0),
+		Paged:            q.pagedLocked(),
+		Bytes:            max(q.bytes, 0),
 		InFlight:         q.inFlight,
+		InMemory:         int64(len(q.index)),
 		Delayed:          int64(q.delayed.Len()),
 		WaitingReceivers: q.waiters.Len(),
 		CreatedAt:        q.createdAt,
 	}
 	q.mu.Unlock()
+	qi.Depth += qi.Paged
 	qi.Addresses = q.l.queueAddresses(q.name)
 	return qi, nil
 }
 
 // purge deletes the messages of the queue that are not leased: the ready and delayed
-// ones in the window, and every stored one past the window that was committed when
-// the purge read it. Leased messages and messages being acked stay.
+// ones in the window, every stored one past the window that was committed when the
+// purge read it, and the queue's share of its page logs. Leased messages and messages
+// being acked stay.
 func (q *queue) purge(ctx context.Context) (int64, error) {
-	if err := q.ensureLoaded(ctx); err != nil {
-		return 0, err
-	}
 	if err := q.beginPublish(); err != nil { // holds off a delete of the queue
 		return 0, err
 	}
@@ -534,20 +686,27 @@ func (q *queue) purge(ctx context.Context) (int64, error) {
 	for _, m := range victims {
 		q.unlinkLocked(m)
 	}
-	exhausted, cursor := q.exhausted, q.cursor
+	exhausted := q.allExhaustedLocked()
 	q.mu.Unlock()
 	n, err := q.deleteMsgs(ctx, victims)
+	total += n
+	if err != nil {
+		return total, err
+	}
+
+	// 2. The page logs: move the cursors to the end.
+	n, err = q.l.skipPages(ctx, q)
 	total += n
 	if err != nil || exhausted {
 		return total, err
 	}
 
-	// 2. The store past the window, page by page. Rows a refill takes in meanwhile are
+	// 3. The store past the window, page by page. Rows a refill takes in meanwhile are
 	// deleted from memory instead when not leased.
 	upper := q.l.epoch<<idCounterBits | q.l.counter.Load() // ids published before now
-	after := cursor
+	var after int64
 	for {
-		rows, err := q.l.s.drv.MessageScan(ctx, &sqlstore.MessageScanParams{Queue: q.name, AfterID: after, Limit: q.l.cfg.WindowSize})
+		rows, err := q.l.s.drv.MessageScan(ctx, &sqlstore.MessageScanParams{Queue: q.name, Lane: sqlstore.LaneID, AfterID: after, Limit: q.l.cfg.WindowSize})
 		if err != nil {
 			return total, fmt.Errorf("server: purge queue %q: %w: %w", q.name, ErrUnavailable, err)
 		}
@@ -556,6 +715,7 @@ func (q *queue) purge(ctx context.Context) (int64, error) {
 		}
 		after = rows[len(rows)-1].ID
 		var keys []sqlstore.MessageKey
+		var sizes int64
 		var mem []*msg
 		q.mu.Lock()
 		for i := range rows {
@@ -577,7 +737,8 @@ func (q *queue) purge(ctx context.Context) (int64, error) {
 				continue
 			}
 			q.pendingDeletes[id] = struct{}{}
-			keys = append(keys, sqlstore.MessageKey{Queue: q.name, ID: id})
+			keys = append(keys, sqlstore.MessageKey{Queue: q.name, ID: id, Large: rows[i].Large})
+			sizes += rows[i].Size
 		}
 		q.mu.Unlock()
 		n, err := q.deleteMsgs(ctx, mem)
@@ -592,7 +753,7 @@ func (q *queue) purge(ctx context.Context) (int64, error) {
 				delete(q.pendingDeletes, k.ID)
 			}
 			if err == nil {
-				q.depth -= int64(len(keys))
+				q.accountLocked(-int64(len(keys)), -sizes)
 			}
 			q.mu.Unlock()
 			if err != nil {
@@ -615,7 +776,7 @@ func (q *queue) deleteMsgs(ctx context.Context, ms []*msg) (int64, error) {
 	var keys []sqlstore.MessageKey
 	for _, m := range ms {
 		if m.persistent {
-			keys = append(keys, sqlstore.MessageKey{Queue: q.name, ID: m.id})
+			keys = append(keys, sqlstore.MessageKey{Queue: q.name, ID: m.id, Large: m.large})
 		}
 	}
 	var err error
@@ -630,8 +791,8 @@ func (q *queue) deleteMsgs(ctx context.Context, ms []*msg) (int64, error) {
 			q.requeueLocked(m, nowMs)
 			continue
 		}
-		delete(q.index, m.id)
-		q.depth--
+		q.forgetLocked(m)
+		q.accountLocked(-1, -m.size)
 	}
 	if err != nil {
 		q.wakeLocked(len(ms))

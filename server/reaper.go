@@ -70,6 +70,9 @@ func (l *live) reapQueue(q *queue, now time.Time) {
 		}
 	}
 	n += q.promoteLocked(nowMs)
+	if n == 0 && q.waiters.Len() > 0 && q.schedDueLocked(nowMs) {
+		n = 1 // due messages wait in the store: a receiver reads them
+	}
 	q.wakeLocked(n)
 	if int64(q.leases.Len()) > 4*q.inFlight+1024 {
 		q.compactLeasesLocked()
@@ -125,9 +128,6 @@ func (l *live) deadLetter(src *queue, ms []*msg) {
 	}
 	dq, _, err := l.queueEnsure(ctx, dlqName, QueueConfig{}, false)
 	if err == nil {
-		err = dq.ensureLoaded(ctx)
-	}
-	if err == nil {
 		if err = dq.beginPublish(); err == nil {
 			defer dq.endPublish()
 		}
@@ -142,6 +142,9 @@ func (l *live) deadLetter(src *queue, ms []*msg) {
 	nowMs := l.now().UnixMilli()
 	for _, m := range ms {
 		id, err := l.nextID()
+		if m.large {
+			id, err = m.id, nil // large.go: the dead-letter row names the same chunks
+		}
 		if err != nil {
 			l.log.Warn("dead-lettering failed", "queue", src.name, "error", err)
 			src.requeueMsgs(ms)
@@ -158,12 +161,14 @@ func (l *live) deadLetter(src *queue, ms []*msg) {
 			contentType: m.contentType,
 			headers:     h,
 			body:        m.body,
+			size:        m.size,
+			large:       m.large,
 			persistent:  m.persistent,
 		}
 		moved = append(moved, nm)
 		if m.persistent {
 			b.MessageInserts = append(b.MessageInserts, nm.row(dq.name))
-			b.MessageDeletes = append(b.MessageDeletes, sqlstore.MessageKey{Queue: src.name, ID: m.id})
+			b.MessageDeletes = append(b.MessageDeletes, sqlstore.MessageKey{Queue: src.name, ID: m.id, Large: m.large})
 		}
 	}
 	dq.mu.Lock()
@@ -186,7 +191,7 @@ func (l *live) deadLetter(src *queue, ms []*msg) {
 			pers = append(pers, nm)
 		} else if !dq.deleted {
 			dq.addLocked(nm, nowMs)
-			dq.depth++
+			dq.accountLocked(1, nm.size)
 			woken++
 		}
 	}
@@ -202,8 +207,8 @@ func (l *live) deadLetter(src *queue, ms []*msg) {
 			back++
 			continue
 		}
-		delete(src.index, m.id)
-		src.depth--
+		src.forgetLocked(m)
+		src.accountLocked(-1, -m.size)
 	}
 	src.wakeLocked(back)
 	src.mu.Unlock()

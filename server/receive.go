@@ -66,9 +66,6 @@ func (q *queue) receive(ctx context.Context, p ReceiveParams) ([]Delivery, error
 	if lease < LeaseMin || lease > LeaseMax {
 		return nil, invalidf("lease %s out of range %s..%s", lease, LeaseMin, LeaseMax)
 	}
-	if err := q.ensureLoaded(ctx); err != nil {
-		return nil, err
-	}
 	l := q.l
 	var timer *time.Timer
 	if p.Wait > 0 {
@@ -87,16 +84,7 @@ func (q *queue) receive(ctx context.Context, p ReceiveParams) ([]Delivery, error
 		}
 		now := q.l.now()
 		q.promoteLocked(now.UnixMilli())
-		var rerr error
-		for q.ready.Len() < maxN && !q.exhausted && !q.deleting && !q.deleted {
-			before := q.cursor
-			if rerr = q.refillLocked(ctx); rerr != nil {
-				break
-			}
-			if q.cursor == before && !q.exhausted && q.scanning == nil {
-				break // no progress; do not spin
-			}
-		}
+		rerr := q.fillLocked(ctx, maxN)
 		if q.deleting || q.deleted {
 			q.mu.Unlock()
 			return nil, q.notFound()
@@ -206,6 +194,8 @@ func (q *queue) takeLocked(n int, lease time.Duration, now time.Time) (ds []Deli
 			Priority:      m.priority,
 			PublishedAt:   time.UnixMilli(m.createdAt),
 			LeaseExpires:  m.deadline,
+			Large:         m.large,
+			Size:          m.size,
 		})
 	}
 	return ds, took, drop, dead
@@ -255,9 +245,6 @@ type ackTarget struct {
 
 // ack implements Server.Ack.
 func (q *queue) ack(ctx context.Context, receipts []string) ([]ReceiptResult, error) {
-	if err := q.ensureLoaded(ctx); err != nil {
-		return nil, err
-	}
 	l := q.l
 	res := make([]ReceiptResult, len(receipts))
 	rs := make([]receipt, len(receipts))
@@ -302,7 +289,7 @@ func (q *queue) ack(ctx context.Context, receipts []string) ([]ReceiptResult, er
 			case m != nil:
 				q.unlinkLocked(m)
 				mem = append(mem, ackTarget{i: i, m: m, id: m.id})
-			case q.exhausted || r.id <= q.cursor: // the window is the truth up to the cursor
+			case q.allExhaustedLocked(): // the window holds every stored message
 				res[i].Err = receiptErr(receipts[i], ErrReceiptUnknown)
 			default:
 				q.pendingDeletes[r.id] = struct{}{}
@@ -318,7 +305,7 @@ func (q *queue) ack(ctx context.Context, receipts []string) ([]ReceiptResult, er
 	var found []ackTarget
 	var gone []int64
 	for _, t := range check {
-		rows, err := l.s.drv.MessageScan(ctx, &sqlstore.MessageScanParams{Queue: q.name, AfterID: t.id - 1, Limit: 1})
+		rows, err := l.s.drv.MessageScan(ctx, &sqlstore.MessageScanParams{Queue: q.name, Lane: sqlstore.LaneID, AfterID: t.id - 1, Limit: 1})
 		switch {
 		case err != nil:
 			res[t.i].Err = fmt.Errorf("server: receipt %q: %w: %w", receipts[t.i], ErrUnavailable, err)
@@ -335,11 +322,11 @@ func (q *queue) ack(ctx context.Context, receipts []string) ([]ReceiptResult, er
 	b := &sqlstore.Batch{}
 	for _, t := range mem {
 		if t.m.persistent {
-			b.MessageDeletes = append(b.MessageDeletes, sqlstore.MessageKey{Queue: q.name, ID: t.id})
+			b.MessageDeletes = append(b.MessageDeletes, sqlstore.MessageKey{Queue: q.name, ID: t.id, Large: t.m.large})
 		}
 	}
 	for _, t := range found {
-		b.MessageDeletes = append(b.MessageDeletes, sqlstore.MessageKey{Queue: q.name, ID: t.id})
+		b.MessageDeletes = append(b.MessageDeletes, sqlstore.MessageKey{Queue: q.name, ID: t.id, Large: t.row.Large})
 	}
 	var werr error
 	if !b.Empty() {
@@ -362,21 +349,22 @@ func (q *queue) ack(ctx context.Context, receipts []string) ([]ReceiptResult, er
 			res[t.i].Err = werr
 			continue
 		}
-		delete(q.index, t.id)
-		q.depth--
+		q.forgetLocked(t.m)
+		q.accountLocked(-1, -t.m.size)
 		l.s.ctr.acked.Add(1)
 	}
 	for _, t := range found {
 		delete(q.pendingDeletes, t.id)
 		if werr != nil {
 			res[t.i].Err = werr
-			if (q.exhausted || t.id <= q.cursor) && q.index[t.id] == nil && !q.deleted {
+			if q.coveredLocked(laneOf(t.row.DeliverAt), sqlstore.ScanKey{DeliverAt: t.row.DeliverAt, Priority: t.row.Priority, ID: t.id}) &&
+				q.index[t.id] == nil && !q.deleted {
 				q.addLocked(msgFromRow(t.row), nowMs)
 				woken++
 			}
 			continue
 		}
-		q.depth--
+		q.accountLocked(-1, -t.row.Size)
 		l.s.ctr.acked.Add(1)
 	}
 	q.wakeLocked(woken)

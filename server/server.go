@@ -15,11 +15,15 @@ import (
 // Defaults of Config.
 const (
 	DuplicateWindowDefault = time.Hour
-	MaxMessageSizeDefault  = 1 << 20 // 1 MiB until large messages land
+	MaxMessageSizeDefault  = 1 << 30 // 1 GiB (bodies above LargeMessageThreshold are streamed in chunks)
 	RedeliveryScanDefault  = 50 * time.Millisecond
 	// WindowSizeDefault is the number of messages one refill of a queue's in-memory
 	// window reads from the store.
 	WindowSizeDefault = 1000
+	// WindowBytesDefault bounds the bytes one refill of a window reads.
+	WindowBytesDefault = 8 << 20
+	// BlockTimeoutDefault is how long a publish waits for room under PolicyBlock.
+	BlockTimeoutDefault = 10 * time.Second
 	// DuplicateCleanupDefault is how often expired idempotency keys are deleted.
 	DuplicateCleanupDefault = time.Minute
 )
@@ -32,9 +36,30 @@ type Config struct {
 	DuplicateWindow time.Duration
 	// MaxMessageSize bounds a message body in bytes (ErrTooLarge beyond it).
 	MaxMessageSize int64
+	// LargeMessageThreshold is the body size in bytes above which PublishStream
+	// stores a message as a large message, in chunks (see large.go). Default
+	// LargeMessageThresholdDefault.
+	LargeMessageThreshold int64
+	// LargeChunkSize is the size in bytes of one chunk row of a large message.
+	// Default LargeChunkSizeDefault.
+	LargeChunkSize int
 	// WindowSize is how many messages one refill of a queue's in-memory window reads
 	// from the store (the keyset scan's limit). Default WindowSizeDefault.
 	WindowSize int
+	// WindowBytes bounds the bytes one refill reads (fewer rows when messages are
+	// big). Default WindowBytesDefault.
+	WindowBytes int64
+	// MaxSizeBytes is the default size limit of an address or queue (Limits); -1 or 0
+	// means none. Default -1.
+	MaxSizeBytes int64
+	// GlobalMaxSize bounds the sum of the sizes of all queues; past it every publish
+	// applies its address's (or queue's) FullPolicy. -1 or 0 means none. Default -1.
+	GlobalMaxSize int64
+	// FullPolicy is the default address-full policy. Default PolicyPage.
+	FullPolicy FullPolicy
+	// BlockTimeout is how long a publish waits for room under PolicyBlock. Default
+	// BlockTimeoutDefault.
+	BlockTimeout time.Duration
 	// ReaperInterval is how often the reaper ends expired leases and releases delayed
 	// messages. Default RedeliveryScanDefault.
 	ReaperInterval time.Duration
@@ -65,6 +90,21 @@ func (c Config) WithDefaults() Config {
 	if c.WindowSize <= 0 {
 		c.WindowSize = WindowSizeDefault
 	}
+	if c.WindowBytes <= 0 {
+		c.WindowBytes = WindowBytesDefault
+	}
+	if c.MaxSizeBytes == 0 {
+		c.MaxSizeBytes = -1
+	}
+	if c.GlobalMaxSize == 0 {
+		c.GlobalMaxSize = -1
+	}
+	if c.FullPolicy == "" {
+		c.FullPolicy = PolicyPage
+	}
+	if c.BlockTimeout <= 0 {
+		c.BlockTimeout = BlockTimeoutDefault
+	}
 	if c.ReaperInterval <= 0 {
 		c.ReaperInterval = RedeliveryScanDefault
 	}
@@ -77,7 +117,7 @@ func (c Config) WithDefaults() Config {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return c
+	return c.largeDefaults()
 }
 
 func (c Config) validate() error {
@@ -87,7 +127,10 @@ func (c Config) validate() error {
 	if c.WindowSize > 100_000 {
 		return errors.New("window-size: must be at most 100000")
 	}
-	return nil
+	if err := c.FullPolicy.validate(); err != nil {
+		return fmt.Errorf("address-full-policy: %w", err)
+	}
+	return c.validateLarge()
 }
 
 // Message ids: epoch<<idCounterBits | counter.
@@ -153,8 +196,13 @@ func (s *Server) Activate(ctx context.Context, epoch int64) error {
 		s.setRole(RoleBackup)
 		return fmt.Errorf("server: activate: load bindings: %w: %w", ErrUnavailable, err)
 	}
+	counters, err := s.drv.CounterList(ctx)
+	if err != nil {
+		s.setRole(RoleBackup)
+		return fmt.Errorf("server: activate: load counters: %w: %w", ErrUnavailable, err)
+	}
 	l := newLive(s, epoch)
-	l.loadBindings(rows)
+	l.loadBindings(rows, counters)
 
 	s.doneMu.Lock()
 	select {
@@ -183,6 +231,7 @@ func (s *Server) Activate(ctx context.Context, epoch int64) error {
 	}
 	// Counted before going live: from then on requests change the maps (under metaMu).
 	nq, na := len(l.queues), len(l.addresses)
+	l.startLarge() // large.go: sweeps the uploads earlier lives abandoned (before l is published)
 	s.epoch.Store(epoch)
 	s.cur.Store(l)
 	go l.reaper()
@@ -248,7 +297,8 @@ func (s *Server) ClusterStatus() ClusterStatus {
 // counters are the atomics behind Counters.
 type counters struct {
 	published, duplicates, delivered, redelivered, acked, nacked,
-	leaseExpired, expired, deadLettered, deadLetterDropped atomic.Int64
+	leaseExpired, expired, deadLettered, deadLetterDropped,
+	paged, depaged, fullDropped, fullRefused atomic.Int64
 }
 
 // Counters returns the running totals since New.
@@ -265,6 +315,10 @@ func (s *Server) Counters() Counters {
 		Expired:           c.expired.Load(),
 		DeadLettered:      c.deadLettered.Load(),
 		DeadLetterDropped: c.deadLetterDropped.Load(),
+		Paged:             c.paged.Load(),
+		Depaged:           c.depaged.Load(),
+		FullDropped:       c.fullDropped.Load(),
+		FullRefused:       c.fullRefused.Load(),
 	}
 }
 
@@ -304,7 +358,7 @@ func (s *Server) QueueGet(ctx context.Context, name string) (QueueInfo, error) {
 	if err != nil {
 		return QueueInfo{}, err
 	}
-	return q.info(ctx)
+	return q.info()
 }
 
 // QueueList describes every queue, ordered by name.
@@ -315,7 +369,7 @@ func (s *Server) QueueList(ctx context.Context) ([]QueueInfo, error) {
 	}
 	out := []QueueInfo{}
 	for _, q := range l.queueSnapshot() {
-		qi, err := q.info(ctx)
+		qi, err := q.info()
 		if errors.Is(err, ErrQueueNotFound) {
 			continue // deleted meanwhile
 		}
@@ -420,11 +474,7 @@ func (s *Server) PublishQueue(ctx context.Context, queueName string, msgs []Mess
 	if err := checkBatch(len(msgs)); err != nil {
 		return nil, err
 	}
-	q, err := l.queue(queueName)
-	if err != nil {
-		return nil, err
-	}
-	return l.publish(ctx, l.dedupFor(queueName), queueName, msgs, []*queue{q}, nil)
+	return l.publishQueue(ctx, queueName, msgs)
 }
 
 // PublishAddress publishes messages to an address, routed to its bound queues. An

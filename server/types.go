@@ -57,14 +57,51 @@ type QueueConfig struct {
 	Lease time.Duration `json:"lease,omitempty"`
 	// TTL is the default time to live of a message published to this queue.
 	TTL time.Duration `json:"ttl,omitempty"`
+	// Limits apply to messages published to the queue directly (not through an
+	// address).
+	Limits
+}
+
+// FullPolicy says what a publish does when its address (or queue) is full.
+type FullPolicy string
+
+// Address-full policies.
+const (
+	// PolicyPage stores the overflow in the address's page log, read by every bound
+	// queue through its own cursor: nothing is refused and a message routed to many
+	// queues is stored once while paged. The default.
+	PolicyPage FullPolicy = "PAGE"
+	// PolicyBlock makes publishers wait until there is room, up to the block timeout;
+	// then the publish fails with ErrPublishBlocked (HTTP 503, Retry-After).
+	PolicyBlock FullPolicy = "BLOCK"
+	// PolicyFail refuses the publish with ErrAddressFull (HTTP 507).
+	PolicyFail FullPolicy = "FAIL"
+	// PolicyDrop drops the message: the publish answers Dropped and stores nothing.
+	PolicyDrop FullPolicy = "DROP"
+)
+
+// Limits bound the bytes an address (or a queue published to directly) keeps in its
+// queues. The size of an address is the body bytes of the messages of its bound
+// queues that are not paged; the size of a queue is its own. Memory does not depend
+// on it (each queue keeps a bounded window in memory); the limit bounds the message
+// table and, with PolicyPage, moves the overflow to the page log.
+type Limits struct {
+	// MaxSizeBytes is the size past which FullPolicy applies. 0 means the broker's
+	// default (Config.MaxSizeBytes); -1 means no limit.
+	MaxSizeBytes int64 `json:"max_size_bytes,omitempty"`
+	// FullPolicy is what a publish does past the limit; "" means the broker's default.
+	FullPolicy FullPolicy `json:"address_full_policy,omitempty"`
 }
 
 // QueueInfo describes a queue and its counters.
 type QueueInfo struct {
 	Name             string      `json:"name"`
 	Config           QueueConfig `json:"config"`
-	Depth            int64       `json:"depth"`             // messages stored and not acked, in flight included
+	Depth            int64       `json:"depth"`             // messages stored and not acked, in flight and paged included
+	Paged            int64       `json:"paged"`             // messages waiting in page logs for this queue
+	Bytes            int64       `json:"bytes"`             // body bytes of the messages not paged: the queue's size
 	InFlight         int64       `json:"in_flight"`         // leased to a receiver, not yet acked
+	InMemory         int64       `json:"in_memory"`         // messages held in the queue's in-memory window
 	Delayed          int64       `json:"delayed"`           // waiting for their delivery time
 	WaitingReceivers int         `json:"waiting_receivers"` // long polls waiting on this queue
 	Addresses        []string    `json:"addresses"`         // addresses this queue is bound to
@@ -74,14 +111,19 @@ type QueueInfo struct {
 // AddressConfig holds the settings of an address.
 type AddressConfig struct {
 	Routing RoutingType `json:"routing"`
+	Limits
 }
 
 // AddressInfo describes an address and the queues bound to it.
 type AddressInfo struct {
-	Name      string      `json:"name"`
-	Routing   RoutingType `json:"routing"`
-	Queues    []string    `json:"queues"`
-	CreatedAt time.Time   `json:"created_at"`
+	Name    string      `json:"name"`
+	Routing RoutingType `json:"routing"`
+	Limits
+	Queues    []string  `json:"queues"`
+	Bytes     int64     `json:"bytes"`  // the address's size: body bytes in its bound queues, not paged
+	Paging    bool      `json:"paging"` // publishes go to the page log
+	Paged     int64     `json:"paged"`  // rows in the page log not yet read by every queue
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // Message is a message to publish.
@@ -102,12 +144,23 @@ type Message struct {
 	Delay time.Duration
 	// TTL overrides the queue's time to live; 0 means the queue's.
 	TTL time.Duration
+
+	// large, when set, names chunks already uploaded (see PublishStream): the message
+	// is stored with that id, its body in the large-messages table. Body is then nil.
+	large *largeRef
+}
+
+// largeRef names the uploaded chunks of a large message.
+type largeRef struct {
+	id   int64 // the message id the chunks were written under
+	size int64 // total body size in bytes
 }
 
 // PublishResult is the outcome of publishing one message. Err is nil on success.
 type PublishResult struct {
 	ID        string
 	Duplicate bool // the idempotency key was seen before: nothing new was stored
+	Dropped   bool // the address was full under PolicyDrop: nothing was stored
 	Err       error
 }
 
@@ -130,6 +183,11 @@ type Delivery struct {
 	Priority      int
 	PublishedAt   time.Time
 	LeaseExpires  time.Time
+	// Large marks a message whose body is not inlined: Body is nil and the body is
+	// read with Server.Body for the receipt. Size is the body size in bytes (of every
+	// message, large or not).
+	Large bool
+	Size  int64
 }
 
 // ReceiptResult is the outcome of an ack, nack or extend for one receipt. Err is nil
@@ -151,6 +209,10 @@ type Counters struct {
 	Expired           int64 `json:"expired"`             // messages dropped past their time to live
 	DeadLettered      int64 `json:"dead_lettered"`       // messages moved to a dead-letter queue
 	DeadLetterDropped int64 `json:"dead_letter_dropped"` // messages dropped past max_deliveries without one
+	Paged             int64 `json:"paged"`               // messages written to a page log
+	Depaged           int64 `json:"depaged"`             // messages moved from a page log into a queue
+	FullDropped       int64 `json:"full_dropped"`        // messages dropped by PolicyDrop
+	FullRefused       int64 `json:"full_refused"`        // publishes refused by PolicyFail or a BLOCK timeout
 }
 
 // ClusterStatus is what GET /v1/cluster shows.

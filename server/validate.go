@@ -37,6 +37,9 @@ func (c QueueConfig) validate(name string) error {
 	if c.TTL < 0 || c.TTL > TTLMax {
 		return invalidf("ttl %s out of range 0..%s", c.TTL, TTLMax)
 	}
+	if err := c.Limits.validate(); err != nil {
+		return err
+	}
 	return nil
 }
 

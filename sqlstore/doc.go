@@ -33,5 +33,22 @@
 // behind writes.
 //
 // Once a Writer sees ErrFenced it refuses every later write with ErrFenced, without a
-// round trip, until it is given a new epoch.
+// round trip, until it is given a new epoch. LargePut, LargeDelete and LargeSweep are
+// fenced the same way.
+//
+// # Counters and large-message references
+//
+// BatchCommit keeps the counters table exact from the rows its statements really
+// wrote: a delete of a key that does not exist changes nothing, a key deleted twice
+// counts once, a QueuePurge drops the queue's counter rows. The size column of a row is
+// len(Body) for an ordinary message (whatever Size says) and Size for a large one.
+//
+// Chunk 0 of a large message holds its reference count. Inserting a message or page
+// row with Large set adds one; a message or page row that a batch really deletes
+// (MessageDeletes, QueuePurges, PageTrims) removes one if the row was stored as
+// large, whatever MessageKey.Large says; the transaction that brings the count to zero
+// deletes every chunk. A batch that names a large message without chunk 0 fails with
+// ErrNotFound, writing nothing. An upload in progress (count 0, never referenced) is
+// only ever deleted by LargeDelete or LargeSweep. LargePut of a chunk that exists is
+// ErrConflict.
 package sqlstore

@@ -345,3 +345,16 @@ func TestWriterLifecycle(t *testing.T) {
 	require.ErrorIs(t, w.Write(ctx, one(2)), ErrClosed)
 	require.Equal(t, int64(1), w.Epoch())
 }
+
+func (f *fakeDriver) CounterList(context.Context) ([]Counter, error) { return nil, nil }
+func (f *fakeDriver) PageScan(context.Context, *PageScanParams) ([]PageRow, error) {
+	return nil, nil
+}
+func (f *fakeDriver) LargePut(context.Context, *LargePutParams) error { return nil }
+func (f *fakeDriver) LargeScan(context.Context, *LargeScanParams) ([][]byte, error) {
+	return nil, nil
+}
+func (f *fakeDriver) LargeDelete(context.Context, int64, int64) error { return nil }
+func (f *fakeDriver) LargeSweep(context.Context, *LargeSweepParams) (int64, error) {
+	return 0, nil
+}

@@ -35,10 +35,9 @@ const (
 	LogLevelDefault        = "info"
 	LogFormatDefault       = "text"
 	NodeNameFallback       = "tablemq"
-	// MaxMessageSizeLimit bounds --max-message-size: a message is one row written in
-	// one statement (MariaDB's default max_allowed_packet is 16 MiB) and is held in
-	// memory whole, until large messages are streamed in chunks.
-	MaxMessageSizeLimit = 16 << 20
+	// MaxMessageSizeLimit bounds --max-message-size. Bodies above
+	// --large-message-threshold are streamed in chunks, never held whole in memory.
+	MaxMessageSizeLimit = 64 << 30
 )
 
 // envPrefix is put in front of a flag's upper-cased name (with - as _) to name its
@@ -71,8 +70,20 @@ type options struct {
 	JournalSyncPeriod  time.Duration
 	DuplicateWindow    time.Duration
 	MaxMessageSize     byteSize
-	ShutdownTimeout    time.Duration
-	PprofListen        string
+	// Large messages: the body size above which a publish is streamed into chunk
+	// rows, and the size of one chunk.
+	LargeMessageThreshold byteSize
+	LargeChunkSize        byteSize
+	// Sizes and paging: the default limit of an address (or queue), the limit of all
+	// of them together, what a publish does past it, and the in-memory window.
+	MaxSizeBytes      byteSize
+	GlobalMaxSize     byteSize
+	AddressFullPolicy string
+	BlockTimeout      time.Duration
+	WindowSize        int
+	WindowBytes       byteSize
+	ShutdownTimeout   time.Duration
+	PprofListen       string
 
 	// store is the parsed --store (with the password of --store-password-file); set
 	// by validate.
@@ -104,6 +115,7 @@ func registerCommon(fs *pflag.FlagSet, o *options) {
 	fs.StringVar(&o.Tables.Pages, "page-store-table-name", t.Pages, "table of paged messages")
 	fs.StringVar(&o.Tables.NodeManager, "node-manager-store-table-name", t.NodeManager, "table of the live lock and fencing epoch")
 	fs.StringVar(&o.Tables.DuplicateIDs, "duplicate-ids-table-name", t.DuplicateIDs, "table of idempotency keys")
+	fs.StringVar(&o.Tables.Counters, "counter-table-name", t.Counters, "table of queue and page-log counters")
 	fs.StringVar(&o.Tables.Migrations, "migrations-table-name", t.Migrations, "table of the schema version")
 	fs.StringVar(&o.LogLevel, "log-level", LogLevelDefault, "log level: debug, info, warn or error")
 	fs.StringVar(&o.LogFormat, "log-format", LogFormatDefault, "log format: text or json")
@@ -125,6 +137,20 @@ func registerServe(fs *pflag.FlagSet, o *options) {
 	fs.DurationVar(&o.DuplicateWindow, "duplicate-window", server.DuplicateWindowDefault, "how long idempotency keys are remembered")
 	o.MaxMessageSize = server.MaxMessageSizeDefault
 	fs.Var(&o.MaxMessageSize, "max-message-size", "largest message body, in bytes (suffixes KiB, MiB, GiB, KB, MB, GB allowed)")
+	o.LargeMessageThreshold = server.LargeMessageThresholdDefault
+	fs.Var(&o.LargeMessageThreshold, "large-message-threshold",
+		"bodies above this many bytes are streamed into chunk rows of the large-messages table and read back with the body endpoint")
+	o.LargeChunkSize = server.LargeChunkSizeDefault
+	fs.Var(&o.LargeChunkSize, "large-chunk-size", "size in bytes of one chunk row of a large message (4KiB..4MiB)")
+	fs.Var(&o.MaxSizeBytes, "max-size-bytes",
+		"default size limit of an address (or of a queue published to directly): body bytes of its queues' messages, not paged; 0: none")
+	fs.Var(&o.GlobalMaxSize, "global-max-size", "size limit of all queues together; past it every publish applies its full policy; 0: none")
+	fs.StringVar(&o.AddressFullPolicy, "address-full-policy", string(server.PolicyPage),
+		"default full policy: PAGE (overflow to the page log), BLOCK (publishers wait up to --block-timeout), FAIL (507), DROP")
+	fs.DurationVar(&o.BlockTimeout, "block-timeout", server.BlockTimeoutDefault, "longest wait of a publish under the BLOCK policy; then 503")
+	fs.IntVar(&o.WindowSize, "window-size", server.WindowSizeDefault, "messages one refill of a queue's in-memory window reads (1..100000)")
+	o.WindowBytes = server.WindowBytesDefault
+	fs.Var(&o.WindowBytes, "window-bytes", "bytes one refill of a queue's in-memory window reads at most")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", ShutdownTimeoutDefault, "bound on a graceful stop")
 	fs.StringVar(&o.PprofListen, "pprof-listen", "",
 		"address HOST:PORT serving net/http/pprof on a listener of its own; empty: off")
@@ -333,8 +359,28 @@ func (o *options) validate(readFile func(string) ([]byte, error)) error {
 		return fmt.Errorf("max-message-size: must be positive, got %d", o.MaxMessageSize)
 	}
 	if o.MaxMessageSize > MaxMessageSizeLimit {
-		return fmt.Errorf("max-message-size: at most %d (16MiB) until large messages are streamed, got %d",
-			MaxMessageSizeLimit, o.MaxMessageSize)
+		return fmt.Errorf("max-message-size: at most %d (64GiB), got %d", MaxMessageSizeLimit, o.MaxMessageSize)
+	}
+	if o.LargeMessageThreshold <= 0 || o.LargeMessageThreshold > server.LargeMessageThresholdMax {
+		return fmt.Errorf("large-message-threshold: must be 1..%d (16MiB), got %d", server.LargeMessageThresholdMax, o.LargeMessageThreshold)
+	}
+	if o.LargeChunkSize < server.LargeChunkSizeMin || o.LargeChunkSize > server.LargeChunkSizeMax {
+		return fmt.Errorf("large-chunk-size: must be %d (4KiB)..%d (4MiB), got %d",
+			server.LargeChunkSizeMin, server.LargeChunkSizeMax, o.LargeChunkSize)
+	}
+	switch server.FullPolicy(strings.ToUpper(o.AddressFullPolicy)) {
+	case server.PolicyPage, server.PolicyBlock, server.PolicyFail, server.PolicyDrop:
+	default:
+		return fmt.Errorf("address-full-policy: want PAGE, BLOCK, FAIL or DROP, got %q", o.AddressFullPolicy)
+	}
+	if o.BlockTimeout <= 0 {
+		return fmt.Errorf("block-timeout: must be positive, got %s", o.BlockTimeout)
+	}
+	if o.WindowSize < 1 || o.WindowSize > 100_000 {
+		return fmt.Errorf("window-size: want 1..100000, got %d", o.WindowSize)
+	}
+	if o.WindowBytes < 4<<10 {
+		return fmt.Errorf("window-bytes: at least 4KiB, got %d", o.WindowBytes)
 	}
 	if o.ShutdownTimeout <= 0 {
 		return fmt.Errorf("shutdown-timeout: must be positive, got %s", o.ShutdownTimeout)

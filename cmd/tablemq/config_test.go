@@ -88,12 +88,15 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, PollIntervalDefault, o.BackupPollInterval)
 	require.Equal(t, time.Duration(0), o.JournalSyncPeriod)
 	require.Equal(t, time.Hour, o.DuplicateWindow)
-	require.Equal(t, byteSize(1<<20), o.MaxMessageSize)
+	require.Equal(t, byteSize(1<<30), o.MaxMessageSize)
+	require.Equal(t, byteSize(100<<10), o.LargeMessageThreshold)
+	require.Equal(t, byteSize(256<<10), o.LargeChunkSize)
 	require.Equal(t, 30*time.Second, o.ShutdownTimeout)
 	require.Equal(t, "info", o.LogLevel)
 	require.Equal(t, "text", o.LogFormat)
 	require.Equal(t, "tmq_bindings", o.Tables.Bindings)
 	require.Equal(t, "tmq_schema_migrations", o.Tables.Migrations)
+	require.Equal(t, "tmq_counters", o.Tables.Counters)
 	require.False(t, o.FailoverOnShutdown || o.AllowFailback || o.RestartBackup)
 	require.Empty(t, o.warnings)
 }
@@ -109,6 +112,10 @@ lock-expiration: 40s
 duplicate-window: 2h
 failover-on-shutdown: true
 max-message-size: 2MiB
+large-message-threshold: 64KiB
+large-chunk-size: 128KiB
+max-size-bytes: 1GiB
+address-full-policy: BLOCK
 message-table-name: file_messages
 network-timeout: 7s
 `}
@@ -118,6 +125,8 @@ network-timeout: 7s
 		"TABLEMQ_NODE_NAME":        "from-env",
 		"TABLEMQ_LOCK_EXPIRATION":  "50s",
 		"TABLEMQ_MAX_MESSAGE_SIZE": "4096",
+		"TABLEMQ_LARGE_CHUNK_SIZE": "8KiB",
+		"TABLEMQ_GLOBAL_MAX_SIZE":  "2GiB",
 		"TABLEMQ_TEST_REQUIRE":     "postgres", // unrelated TABLEMQ_ variables are ignored
 	}
 	p := parse(t, []string{"serve", "--listen", "127.0.0.1:1003", "--lock-expiration=60s"}, env, files)
@@ -127,6 +136,11 @@ network-timeout: 7s
 	require.Equal(t, 60*time.Second, o.LockExpiration, "flag beats env and file")
 	require.Equal(t, "from-env", o.NodeName, "env beats file")
 	require.Equal(t, byteSize(4096), o.MaxMessageSize, "env beats file")
+	require.Equal(t, byteSize(8<<10), o.LargeChunkSize, "env beats file")
+	require.Equal(t, byteSize(64<<10), o.LargeMessageThreshold, "file beats default")
+	require.Equal(t, byteSize(1<<30), o.MaxSizeBytes, "file beats default")
+	require.Equal(t, byteSize(2<<30), o.GlobalMaxSize, "env beats default")
+	require.Equal(t, "BLOCK", o.AddressFullPolicy, "file beats default")
 	require.Equal(t, 2*time.Hour, o.DuplicateWindow, "file beats default")
 	require.True(t, o.FailoverOnShutdown, "file beats default")
 	require.Equal(t, "file_messages", o.Tables.Messages, "file beats default")
@@ -237,7 +251,13 @@ func TestErrors(t *testing.T) {
 		{"bad bool env", []string{"serve"}, map[string]string{"TABLEMQ_ALLOW_FAILBACK": "maybe"}, nil, "TABLEMQ_ALLOW_FAILBACK"},
 		{"bad size", []string{"serve", "--max-message-size", "1 parsec"}, nil, nil, "max-message-size"},
 		{"zero size", []string{"serve", "--max-message-size", "0"}, nil, nil, "max-message-size: must be positive"},
-		{"huge size", []string{"serve", "--max-message-size", "17MiB"}, nil, nil, "max-message-size: at most"},
+		{"huge size", []string{"serve", "--max-message-size", "65GiB"}, nil, nil, "max-message-size: at most"},
+		{"huge threshold", []string{"serve", "--large-message-threshold", "17MiB"}, nil, nil, "large-message-threshold: must be"},
+		{"tiny chunk", []string{"serve"}, map[string]string{"TABLEMQ_LARGE_CHUNK_SIZE": "1KiB"}, nil, "large-chunk-size: must be"},
+		{"full policy", []string{"serve", "--address-full-policy", "SPILL"}, nil, nil, "address-full-policy: want PAGE"},
+		{"window size", []string{"serve", "--window-size", "0"}, nil, nil, "window-size: want 1..100000"},
+		{"window bytes", []string{"serve", "--window-bytes", "1KiB"}, nil, nil, "window-bytes: at least 4KiB"},
+		{"block timeout", []string{"serve", "--block-timeout", "0s"}, nil, nil, "block-timeout: must be positive"},
 		{"renew not below expiration", []string{"serve", "--lock-renew-period", "10s", "--lock-expiration", "10s"}, nil, nil,
 			"lock-renew-period: must be shorter than lock-expiration"},
 		{"network timeout not below expiration", []string{"serve", "--network-timeout", "20s"}, nil, nil,

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,6 +96,16 @@ func runServe(ctx context.Context, a *app, o *options) (err error) {
 		NodeName:        o.NodeName,
 		DuplicateWindow: o.DuplicateWindow,
 		MaxMessageSize:  int64(o.MaxMessageSize),
+		// Large messages (large-message-threshold, large-chunk-size).
+		LargeMessageThreshold: int64(o.LargeMessageThreshold),
+		LargeChunkSize:        int(o.LargeChunkSize),
+		// Sizes and paging.
+		MaxSizeBytes:  int64(o.MaxSizeBytes),
+		GlobalMaxSize: int64(o.GlobalMaxSize),
+		FullPolicy:    server.FullPolicy(strings.ToUpper(o.AddressFullPolicy)),
+		BlockTimeout:  o.BlockTimeout,
+		WindowSize:    o.WindowSize,
+		WindowBytes:   int64(o.WindowBytes),
 		Writer: sqlstore.WriterConfig{
 			SyncPeriod: o.JournalSyncPeriod,
 			Logger:     log.With("component", "writer"),
@@ -112,8 +123,10 @@ func runServe(ctx context.Context, a *app, o *options) (err error) {
 	}
 	handler := httpapi.New(srv, httpapi.Config{
 		MaxBodyBytes: int64(o.MaxMessageSize),
-		Logger:       log.With("component", "http"),
-		Metrics:      metrics,
+		// Single publishes above the threshold are streamed (large messages).
+		LargeMessageThreshold: int64(o.LargeMessageThreshold),
+		Logger:                log.With("component", "http"),
+		Metrics:               metrics,
 	})
 	hs := &http.Server{
 		Handler:           handler,

@@ -131,7 +131,7 @@ func runOnce(ctx context.Context, log *slog.Logger, o options, rw *raw, body []b
 			}
 		}()
 		if !o.keep {
-			if err := rw.dropPrefix(context.Background(), prefix); err != nil {
+			if err := dropTables(context.Background(), o.store, prefix); err != nil {
 				log.Warn("drop broker tables", "prefix", prefix, "err", err)
 			}
 		}

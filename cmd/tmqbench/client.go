@@ -37,14 +37,20 @@ func (b *broker) put(ctx context.Context, path string, body []byte) error {
 
 // depth returns the number of ready messages of q.
 func (b *broker) depth(ctx context.Context, q string) (int64, error) {
+	d, _, err := b.counts(ctx, q)
+	return d, err
+}
+
+// counts returns the numbers of ready and of leased messages of q.
+func (b *broker) counts(ctx context.Context, q string) (depth, inFlight int64, err error) {
 	var res struct {
 		Depth    int64 `json:"depth"`
 		InFlight int64 `json:"in_flight"`
 	}
 	if err := b.do(ctx, http.MethodGet, "/v1/queues/"+q, "", nil, http.StatusOK, &res); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return res.Depth, nil
+	return res.Depth, res.InFlight, nil
 }
 
 // publishTo publishes one message to path (".../messages") with extra headers.
@@ -113,8 +119,11 @@ func (b *broker) postBatch(ctx context.Context, path string, req []byte, n int) 
 
 // delivery is the part of a received message the benchmark looks at.
 type delivery struct {
+	ID      string            `json:"id"`
 	Receipt string            `json:"receipt"`
 	Headers map[string]string `json:"headers"`
+	Large   bool              `json:"large"` // the body is fetched from the body endpoint
+	Size    int64             `json:"size"`  // of a large body
 }
 
 // recv receives up to max messages of q, waiting up to wait (a duration string).
@@ -131,6 +140,11 @@ func (b *broker) recv(ctx context.Context, q string, max int, wait string) ([]de
 
 // ack acks the deliveries ds of q; a receipt refused is an error.
 func (b *broker) ack(ctx context.Context, q string, ds []delivery) error {
+	return b.settle(ctx, q, "ack", ds)
+}
+
+// settle acks or nacks (op) the deliveries ds of q; a receipt refused is an error.
+func (b *broker) settle(ctx context.Context, q, op string, ds []delivery) error {
 	receipts := make([]string, len(ds))
 	for i, d := range ds {
 		receipts[i] = d.Receipt
@@ -141,7 +155,7 @@ func (b *broker) ack(ctx context.Context, q string, ds []delivery) error {
 			OK bool `json:"ok"`
 		} `json:"results"`
 	}
-	if err := b.do(ctx, http.MethodPost, "/v1/queues/"+q+"/ack", "application/json", req, http.StatusOK, &res); err != nil {
+	if err := b.do(ctx, http.MethodPost, "/v1/queues/"+q+"/"+op, "application/json", req, http.StatusOK, &res); err != nil {
 		return err
 	}
 	bad := 0
@@ -151,9 +165,14 @@ func (b *broker) ack(ctx context.Context, q string, ds []delivery) error {
 		}
 	}
 	if bad > 0 {
-		return fmt.Errorf("ack: %d of %d receipts refused", bad, len(ds))
+		return fmt.Errorf("%s: %d of %d receipts refused", op, bad, len(ds))
 	}
 	return nil
+}
+
+// nack returns the deliveries ds of q to the queue at once; a receipt refused is an error.
+func (b *broker) nack(ctx context.Context, q string, ds []delivery) error {
+	return b.settle(ctx, q, "nack", ds)
 }
 
 // recvAck receives up to max messages and acks them; an empty answer is errExhausted.

@@ -9,8 +9,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
@@ -21,10 +19,6 @@ import (
 
 	"github.com/tablemq/tablemq/nodemanager"
 )
-
-// tableOptions name the tables of a group as the tablemq flags do
-// (--<name>-table-name); the benchmark puts its own prefix on each.
-var tableOptions = []string{"bindings", "message", "large-message", "page-store", "node-manager-store", "duplicate-ids", "migrations"}
 
 // haOptions are the lock settings of the failover measurement; a zero value leaves the
 // flag to the binary's default.
@@ -61,7 +55,6 @@ func (h haOptions) String() string {
 type haNode struct {
 	*broker
 	name string
-	done chan struct{} // closed when the process has exited
 }
 
 // pollStep is how often the measurement polls /readyz and retries a publish.
@@ -120,37 +113,22 @@ type failoverRun struct {
 	log    *slog.Logger
 	o      options
 	prefix string
+	pprof  bool // start every instance with --pprof-listen
 	nodes  []*haNode
 	next   int
 }
 
 // start starts an instance with policy and extra flags; it does not wait for it.
 func (f *failoverRun) start(policy string, extra ...string) (*haNode, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, fmt.Errorf("free port: %w", err)
-	}
 	f.next++
 	name := fmt.Sprintf("node%d", f.next)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	args := []string{"serve", "--store", f.o.store, "--listen", addr, "--node-name", name,
-		"--log-level", "warn", "--ha-policy", policy}
-	for _, t := range tableOptions {
-		args = append(args, "--"+t+"-table-name", f.prefix+strings.ReplaceAll(t, "-", "_"))
+	args := append([]string{"--ha-policy", policy}, f.o.ha.args()...)
+	b, err := launch(launchOptions{binary: f.o.binary, store: f.o.store, prefix: f.prefix, name: name,
+		pprof: f.pprof, extra: append(args, extra...)})
+	if err != nil {
+		return nil, err
 	}
-	args = append(args, f.o.ha.args()...)
-	args = append(args, extra...)
-	cmd := exec.Command(f.o.binary, args...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", f.o.binary, err)
-	}
-	n := &haNode{
-		broker: &broker{cmd: cmd, base: "http://" + addr, hc: &http.Client{Timeout: 10 * time.Second}},
-		name:   name,
-		done:   make(chan struct{}),
-	}
-	go func() { _ = cmd.Wait(); close(n.done) }()
+	n := &haNode{broker: b, name: name}
 	f.nodes = append(f.nodes, n)
 	return n, nil
 }
@@ -210,12 +188,18 @@ func (n *haNode) await(ctx context.Context, what string, limit time.Duration, co
 	return nil
 }
 
-// startLive starts the first instance, as primary, and a backup; it creates the queue.
-func (f *failoverRun) startPair(ctx context.Context, extra ...string) (live, backup *haNode, err error) {
-	if live, err = f.start("shared-store-primary", extra...); err != nil {
-		return nil, nil, err
+// startLive starts an instance as primary and waits until it is live.
+func (f *failoverRun) startLive(ctx context.Context, extra ...string) (*haNode, error) {
+	live, err := f.start("shared-store-primary", extra...)
+	if err != nil {
+		return nil, err
 	}
-	if err := live.await(ctx, "ready", time.Minute, func() bool { return live.ready(ctx) }); err != nil {
+	return live, live.await(ctx, "ready", time.Minute, func() bool { return live.ready(ctx) })
+}
+
+// startPair starts the first instance, as primary, and a backup; it creates the queue.
+func (f *failoverRun) startPair(ctx context.Context, extra ...string) (live, backup *haNode, err error) {
+	if live, err = f.startLive(ctx, extra...); err != nil {
 		return nil, nil, err
 	}
 	if err := live.createQueue(ctx, "failover"); err != nil && !strings.Contains(err.Error(), "status 200") {
@@ -357,15 +341,38 @@ func medianWorst(d []time.Duration) (time.Duration, time.Duration) {
 	return s[len(s)/2], s[len(s)-1]
 }
 
-// dropTables drops the tables with prefix from a postgres or mysql store (a SQLite
-// store is a file the user chose; it is left as it is).
+// dropTables drops every table whose name starts with prefix from a postgres or mysql
+// store (a SQLite store is a file the user chose; it is left as it is).
 func dropTables(ctx context.Context, store, prefix string) error {
-	var driver, dsn string
+	return withTables(ctx, store, prefix, func(conn *sql.Conn, driver string, names []string) error {
+		drop := "DROP TABLE IF EXISTS %s CASCADE"
+		if driver == "mysql" {
+			drop = "DROP TABLE IF EXISTS %s"
+			if _, err := conn.ExecContext(ctx, "SET FOREIGN_KEY_CHECKS = 0"); err != nil {
+				return fmt.Errorf("drop tables: %w", err)
+			}
+		}
+		var errs []error
+		for _, n := range names { // the prefix is the benchmark's own: [a-z0-9_]
+			if _, err := conn.ExecContext(ctx, fmt.Sprintf(drop, n)); err != nil {
+				errs = append(errs, fmt.Errorf("drop %s: %w", n, err))
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// withTables calls f with one connection to a postgres or mysql store and the names of
+// its tables that start with prefix; for any other store it does nothing.
+func withTables(ctx context.Context, store, prefix string, f func(conn *sql.Conn, driver string, names []string) error) error {
+	var driver, dsn, list string
 	switch {
 	case strings.HasPrefix(store, "postgres://"), strings.HasPrefix(store, "postgresql://"):
 		driver, dsn = "pgx", store
+		list = `SELECT tablename FROM pg_tables WHERE schemaname = current_schema()`
 	case strings.HasPrefix(store, "mysql://"):
 		driver, dsn = "mysql", strings.TrimPrefix(store, "mysql://")
+		list = `SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()`
 	default:
 		return nil
 	}
@@ -374,12 +381,29 @@ func dropTables(ctx context.Context, store, prefix string) error {
 		return fmt.Errorf("open: %w", err)
 	}
 	defer db.Close()
-	var errs []error
-	for _, t := range tableOptions {
-		name := prefix + strings.ReplaceAll(t, "-", "_")
-		if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS "+name); err != nil {
-			errs = append(errs, fmt.Errorf("drop %s: %w", name, err))
+	conn, err := db.Conn(ctx) // one session: settings such as the foreign key switch are per session
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close()
+	rows, err := conn.QueryContext(ctx, list)
+	if err != nil {
+		return fmt.Errorf("list tables: %w", err)
+	}
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return fmt.Errorf("list tables: %w", err)
+		}
+		if strings.HasPrefix(n, prefix) {
+			names = append(names, n)
 		}
 	}
-	return errors.Join(errs...)
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("list tables: %w", err)
+	}
+	return f(conn, driver, names)
 }

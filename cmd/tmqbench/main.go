@@ -24,6 +24,16 @@
 //
 //	go run ./cmd/tmqbench --failover --store mysql://root:@tcp(127.0.0.1:3306)/test \
 //	    --lock-renew-period 200ms --lock-expiration 1s
+//
+// With --memory it measures bounded memory and takeover with a big backlog (memory.go):
+// the broker's RSS with 1,000,000 messages in one queue against the same broker with
+// the queue empty, kill -9 → first delivery with that backlog against a 1-message
+// queue, the RSS growth while one 1 GiB message is uploaded and downloaded, and the
+// consume rate of the backlog against a small queue's, with the goals of issue 4:
+//
+//	go run ./cmd/tmqbench --memory --binary bin/tablemq --memory-messages 1000000
+//
+// --only selects its parts too: "rss", "takeover", "consume" or "large".
 package main
 
 import (
@@ -60,7 +70,8 @@ type options struct {
 	rounds   int       // rounds of each failover measurement
 	ha       haOptions // lock settings passed to tablemq (zero: its defaults)
 
-	more moreOptions // the scenarios of the performance issue (flags.go)
+	more moreOptions   // the scenarios of the performance issue (flags.go)
+	mem  memoryOptions // the -memory measurements (memory.go)
 }
 
 func run() error {
@@ -76,11 +87,12 @@ func run() error {
 	flag.StringVar(&o.only, "only", "", "run only scenarios whose name contains this")
 	flag.BoolVar(&o.failover, "failover", false, "measure kill -9 failover and graceful handover times instead of throughput")
 	flag.IntVar(&o.rounds, "rounds", 20, "with --failover: rounds of each measurement")
-	flag.DurationVar(&o.ha.renew, "lock-renew-period", 0, "with --failover: tablemq --lock-renew-period (0: its default)")
-	flag.DurationVar(&o.ha.expiration, "lock-expiration", 0, "with --failover: tablemq --lock-expiration (0: its default)")
-	flag.DurationVar(&o.ha.networkTimeout, "network-timeout", 0, "with --failover: tablemq --network-timeout (0: its default)")
-	flag.DurationVar(&o.ha.poll, "backup-poll-interval", 0, "with --failover: tablemq --backup-poll-interval (0: its default)")
+	flag.DurationVar(&o.ha.renew, "lock-renew-period", 0, "with --failover or --memory: tablemq --lock-renew-period (0: its default; 200ms with --memory)")
+	flag.DurationVar(&o.ha.expiration, "lock-expiration", 0, "with --failover or --memory: tablemq --lock-expiration (0: its default; 1s with --memory)")
+	flag.DurationVar(&o.ha.networkTimeout, "network-timeout", 0, "with --failover or --memory: tablemq --network-timeout (0: its default; 500ms with --memory)")
+	flag.DurationVar(&o.ha.poll, "backup-poll-interval", 0, "with --failover or --memory: tablemq --backup-poll-interval (0: its default; 100ms with --memory)")
 	registerMoreFlags(&o.more)
+	registerMemoryFlags(&o.mem)
 	flag.Parse()
 	for _, c := range strings.Split(clients, ",") {
 		var n int
@@ -102,8 +114,14 @@ func run() error {
 		defer f.Close()
 		w = io.MultiWriter(os.Stdout, f)
 	}
+	if o.failover && o.mem.on {
+		return fmt.Errorf("--failover and --memory: choose one")
+	}
 	if o.failover {
 		return failover(ctx, log, o, w)
+	}
+	if o.mem.on {
+		return memoryMode(ctx, log, o, w)
 	}
 	return bench(ctx, log, o, w)
 }

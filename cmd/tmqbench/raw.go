@@ -125,22 +125,3 @@ func (r *raw) reset(ctx context.Context) error {
 	}
 	return nil
 }
-
-// dropPrefix drops the tables of the current schema whose names start with prefix
-// (the tables of a broker started for the benchmark).
-func (r *raw) dropPrefix(ctx context.Context, prefix string) error {
-	rows, err := r.pool.Query(ctx, `SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND starts_with(tablename, $1)`, prefix)
-	if err != nil {
-		return fmt.Errorf("list tables: %w", err)
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("list tables: %w", err)
-	}
-	for _, n := range names {
-		if _, err := r.pool.Exec(ctx, `DROP TABLE IF EXISTS `+pgx.Identifier{n}.Sanitize()+` CASCADE`); err != nil {
-			return fmt.Errorf("drop %s: %w", n, err)
-		}
-	}
-	return nil
-}

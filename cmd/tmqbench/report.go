@@ -166,11 +166,7 @@ func printGoals(w io.Writer, rows []*agg) {
 			fmt.Fprintf(w, "| %s | | %s | not measured%s |\n", goal, fmtVal(target, unit), why)
 			return
 		}
-		res := "met"
-		if measured < target {
-			res = fmt.Sprintf("missed: %.0f %% of the target, short by %s", 100*measured/target, fmtVal(target-measured, unit))
-		}
-		fmt.Fprintf(w, "| %s | %s | ≥ %s | %s |\n", goal, fmtVal(measured, unit), fmtVal(target, unit), res)
+		fmt.Fprintf(w, "| %s | %s | ≥ %s | %s |\n", goal, fmtVal(measured, unit), fmtVal(target, unit), verdict(measured, target, unit, true))
 	}
 	ratio := func(a, b *agg) (float64, bool) {
 		if a == nil || b == nil || b.rate == 0 {
@@ -193,10 +189,7 @@ func printGoals(w io.Writer, rows []*agg) {
 	v, ok = ratio(recv, rqCons)
 	atLeast("receive+ack, batches of 100, 16 consumers / RabbitMQ quorum consume", v, 1.5, "×", ok, noRabbit)
 	if st := find(rows, "steady-pub"); st != nil && st.hasLat {
-		res := "met"
-		if st.p99 > 10*time.Millisecond {
-			res = fmt.Sprintf("missed: %.1f × the limit, over by %s ms", float64(st.p99)/float64(10*time.Millisecond), ms(st.p99-10*time.Millisecond))
-		}
+		res := verdict(float64(st.p99)/1e6, 10, "ms", false)
 		fmt.Fprintf(w, "| publish p99, %s | %s ms | ≤ 10 ms | %s |\n", st.name, ms(st.p99), res)
 	} else {
 		fmt.Fprintln(w, "| publish p99 at half of the max rate | | ≤ 10 ms | not measured |")
@@ -215,8 +208,25 @@ func printGoals(w io.Writer, rows []*agg) {
 }
 
 func fmtVal(v float64, unit string) string {
-	if unit == "×" {
+	switch unit {
+	case "×":
 		return fmt.Sprintf("%.2f ×", v)
+	case "ms", "MB":
+		return fmt.Sprintf("%.2f %s", v, unit)
+	case "%":
+		return fmt.Sprintf("%.0f %%", v)
 	}
 	return fmt.Sprintf("%.0f %s", v, unit)
+}
+
+// verdict is the result cell of a goal: "met", or by how much it was missed. atLeast
+// goals want measured ≥ target, the others measured ≤ target.
+func verdict(measured, target float64, unit string, atLeast bool) string {
+	switch {
+	case atLeast && measured < target:
+		return fmt.Sprintf("missed: %.0f %% of the target, short by %s", 100*measured/target, fmtVal(target-measured, unit))
+	case !atLeast && measured > target:
+		return fmt.Sprintf("missed: %.1f × the limit, over by %s", measured/target, fmtVal(measured-target, unit))
+	}
+	return "met"
 }

@@ -105,26 +105,37 @@ func (r *runner) publishBatch(ctx context.Context, b *broker, c int) {
 	r.add(result{id: id, name: name, clients: c, s: s, base: "raw-copy"})
 }
 
-// fill publishes n messages to q by batches of 100 on 8 clients.
-func fill(ctx context.Context, b *broker, q string, n int64, body []byte) error {
+// fill publishes n messages to q by batches of up to 100 on clients clients, within
+// limit; it returns the publish sample (its rate is the fill's publish rate).
+func fill(ctx context.Context, b *broker, q string, n int64, body []byte, clients int, limit time.Duration) (*sample, error) {
 	if n <= 0 {
-		return nil
+		return &sample{}, nil
 	}
 	req := batchBody(body, 100)
 	var left atomic.Int64
 	left.Store(n)
-	fctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	fctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	_, err := runWorkers(fctx, 8, 100, func(ctx context.Context, _ int) (int, error) {
-		if left.Add(-100) <= -100 {
+	s, err := runWorkers(fctx, clients, 100, func(ctx context.Context, _ int) (int, error) {
+		k := left.Add(-100) + 100 // messages left before this batch
+		if k <= 0 {
 			return 0, errExhausted
 		}
-		return 100, b.postBatch(ctx, "/v1/queues/"+q+"/messages/batch", req, 100)
+		if k >= 100 {
+			return 100, b.postBatch(ctx, "/v1/queues/"+q+"/messages/batch", req, 100)
+		}
+		return int(k), b.postBatch(ctx, "/v1/queues/"+q+"/messages/batch", batchBody(body, int(k)), int(k))
 	})
-	if err != nil {
-		return fmt.Errorf("prefill %s: %w", q, err)
+	if err == nil && fctx.Err() != nil && ctx.Err() == nil {
+		err = fmt.Errorf("not done within %s", limit)
 	}
-	return nil
+	if err == nil && s.errs > 0 {
+		err = fmt.Errorf("%d batches failed: %w", s.errs, s.lastErr)
+	}
+	if err != nil {
+		return s, fmt.Errorf("prefill %s: %w", q, err)
+	}
+	return s, nil
 }
 
 // receiveAck: receive up to batch per request and ack, c consumers, on a queue
@@ -149,7 +160,7 @@ func (r *runner) receiveAck(ctx context.Context, b *broker, batch, c int) {
 	}
 	if have < target {
 		r.log.Info("prefilling", "queue", q, "messages", target-have)
-		if err := fill(ctx, b, q, target-have, r.body); err != nil {
+		if _, err := fill(ctx, b, q, target-have, r.body, 8, 5*time.Minute); err != nil {
 			r.failed(id, name, c, err)
 			return
 		}

@@ -7,7 +7,11 @@
 // derived table, and deletes by (queue, id) IN ((?,?),...) in chunks. A transaction
 // that hits a deadlock (1213) or a lock wait timeout (1205) is retried whole a few
 // times. MariaDB has no UPDATE ... RETURNING, so EpochBump updates and reads back in one
-// transaction.
+// transaction. MySQL 8 has no DELETE ... RETURNING: message deletes, purges and page
+// trims first read the rows they remove (SELECT ... FOR UPDATE), delete exactly those,
+// and take them off the counters and the chunk references (see stdsql.Core). A
+// large-message chunk is one INSERT of its own, so max_allowed_packet bounds a chunk,
+// not a LargePut.
 //
 // Lease statements (sqlstore.LeaseStore) run on a second pool of LeaseConnsDefault
 // connections, in READ COMMITTED transactions that lock the state row first (SELECT ...
@@ -172,6 +176,9 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		MaxPlaceholders:     60000,
 		MaxStatementBytes:   MaxStatementBytesDefault,
 		UpdateJoin:          true,
+		ForUpdate:           " FOR UPDATE",
+		CounterUpsertSuffix: " ON DUPLICATE KEY UPDATE messages = messages + VALUES(messages), bytes = bytes + VALUES(bytes)",
+		SumInt:              func(col string) string { return "CAST(SUM(" + col + ") AS SIGNED)" },
 		InterpretError:      interpretError,
 		Retryable:           retryable,
 		TxAttempts:          TxAttemptsDefault,

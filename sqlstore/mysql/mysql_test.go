@@ -35,16 +35,35 @@ func TestConformance(t *testing.T) {
 			return d
 		},
 		Exec: func(t testing.TB, url string, stmt string) {
-			cfg, err := mysql.ParseDSN(url)
-			require.NoError(t, err)
-			connector, err := gomysql.NewConnector(cfg)
-			require.NoError(t, err)
-			db := sql.OpenDB(connector)
+			db := rawDB(t, url, false)
 			defer db.Close()
-			_, err = db.Exec(stmt)
+			_, err := db.Exec(stmt)
 			require.NoError(t, err)
 		},
+		QueryInt: func(t testing.TB, url string, query string) int64 {
+			db := rawDB(t, url, false)
+			defer db.Close()
+			var n int64
+			require.NoError(t, db.QueryRow(query).Scan(&n))
+			return n
+		},
+		MigrateTo: func(t testing.TB, url string, tables migrations.Tables, version uint) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			// UpWithOptions closes the handle.
+			require.NoError(t, migrations.UpWithOptions(ctx, rawDB(t, url, true), migrations.DialectMySQL, tables,
+				migrations.Options{Logger: slog.New(slog.DiscardHandler), Version: version}))
+		},
 	})
+}
+
+func rawDB(t testing.TB, url string, multi bool) *sql.DB {
+	cfg, err := mysql.ParseDSN(url)
+	require.NoError(t, err)
+	cfg.MultiStatements = multi
+	connector, err := gomysql.NewConnector(cfg)
+	require.NoError(t, err)
+	return sql.OpenDB(connector)
 }
 
 func TestParseDSN(t *testing.T) {

@@ -46,18 +46,32 @@ func fenceSQL(n string) string {
 const (
 	stepBegin  = "begin"
 	stepFence  = "read fencing epoch"
+	stepRefs   = "add large message references"
 	stepCommit = "commit"
 )
 
 // pipeline is a pgx.Batch with a name for each queued statement.
 type pipeline struct {
 	batch pgx.Batch
-	steps []string
+	steps []step
 }
 
-func (p *pipeline) add(step, sql string, args ...any) {
+// step is one statement of a pipeline: its name for errors and, for a statement whose
+// one row is read, where to scan it.
+type step struct {
+	name string
+	dest []any
+}
+
+func (p *pipeline) add(name, sql string, args ...any) {
 	p.batch.Queue(sql, args...)
-	p.steps = append(p.steps, step)
+	p.steps = append(p.steps, step{name: name})
+}
+
+// addScan queues a statement that returns one row, scanned into dest.
+func (p *pipeline) addScan(name string, dest []any, sql string, args ...any) {
+	p.batch.Queue(sql, args...)
+	p.steps = append(p.steps, step{name: name, dest: dest})
 }
 
 // send sends every queued statement in one round trip (pgx sends them as one pipeline
@@ -67,19 +81,28 @@ func (p *pipeline) add(step, sql string, args ...any) {
 // the fencing error.
 func (p *pipeline) send(ctx context.Context, conn *pgxpool.Conn, epoch int64) error {
 	res := conn.SendBatch(ctx, &p.batch)
-	for _, step := range p.steps {
-		tag, err := res.Exec()
+	for _, st := range p.steps {
+		var tag pgconn.CommandTag
+		var err error
+		if st.dest != nil {
+			err = res.QueryRow().Scan(st.dest...)
+		} else {
+			tag, err = res.Exec()
+		}
 		if err != nil {
 			_ = res.Close()
-			if step == stepFence {
+			switch st.name {
+			case stepFence:
 				return fenceError(err, epoch)
+			case stepRefs:
+				return refsError(err)
 			}
-			return fmt.Errorf("%s: %w", step, err)
+			return fmt.Errorf("%s: %w", st.name, err)
 		}
 		// COMMIT of a transaction that failed answers ROLLBACK without an error. It
 		// cannot happen here (the server skips the COMMIT after an error), but a batch
 		// is reported committed only on the word of the server.
-		if step == stepCommit && tag.String() != "COMMIT" {
+		if st.name == stepCommit && tag.String() != "COMMIT" {
 			_ = res.Close()
 			return fmt.Errorf("commit: the server answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)
 		}
@@ -110,7 +133,10 @@ func fenceError(err error, epoch int64) error {
 // batchCommit runs one attempt of a BatchCommit on one connection of the pool.
 //
 // The transaction is BEGIN; the fence check; the parts of b in the order documented on
-// sqlstore.Batch; COMMIT, all queued in one pipeline. Fencing holds as with a fence
+// sqlstore.Batch, with what the message and page inserts add to the counters (on slot)
+// and to chunk references right after the page inserts, and the counters and
+// references of deleted rows inside each delete statement (see v2Queries); COMMIT, all
+// queued in one pipeline. Fencing holds as with a fence
 // read followed by writes in separate round trips (see the sqlstore package
 // documentation): the server executes the statements of a pipeline one after the
 // other, in order, in the one transaction BEGIN opened, so the share lock on the epoch
@@ -123,7 +149,7 @@ func fenceError(err error, epoch int64) error {
 // With COPY (b has copyMin message rows or more) the pipeline is cut in two around
 // the COPY, which pgx cannot pipeline: BEGIN, fence, binding puts; COPY; the rest and
 // COMMIT. The fence still comes first, and the COPY is only sent once it passed.
-func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch) (err error) {
+func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch, slot int) (err error) {
 	conn, err := d.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("acquire connection: %w", err)
@@ -168,6 +194,7 @@ func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch
 			p.add("insert messages", d.q.msgInsert, messageArrays(b.MessageInserts)...)
 		}
 	}
+	d.addInsertEffects(p, b, slot)
 	if n := len(b.DuplicateInserts); n > 0 {
 		queue, key, id, created := make([]string, n), make([]string, n), make([]int64, n), make([]int64, n)
 		for i := range b.DuplicateInserts {
@@ -190,11 +217,9 @@ func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch
 		for i, k := range b.MessageDeletes {
 			queue[i], id[i] = k.Queue, k.ID
 		}
-		p.add("delete messages", d.q.msgDelete, queue, id)
+		p.add("delete messages", d.v2.msgDelete, queue, id, int32(slot))
 	}
-	if len(b.QueuePurges) > 0 {
-		p.add("purge queues", d.q.purge, b.QueuePurges)
-	}
+	d.addV2Deletes(p, b)
 	if n := len(b.BindingDeletes); n > 0 {
 		kind, name, target := make([]string, n), make([]string, n), make([]string, n)
 		for i, k := range b.BindingDeletes {
@@ -202,6 +227,7 @@ func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch
 		}
 		p.add("delete bindings", d.q.bindingDelete, kind, name, target)
 	}
+	d.addCounterDeletes(p, b)
 	if b.DuplicatesBefore > 0 {
 		p.add("expire duplicate ids", d.q.dupBefore, b.DuplicatesBefore)
 	}
@@ -232,7 +258,7 @@ func rollback(ctx context.Context, conn *pgxpool.Conn, err error) error {
 // parameters in the order of messageValues.
 func valuesInsertSQL(m string, rows int) string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "INSERT INTO %s (queue, id, priority, deliver_at, expires_at, delivery_count, created_at, content_type, headers, body) VALUES ", m)
+	fmt.Fprintf(&sb, "INSERT INTO %s (%s) VALUES ", m, stdsql.MessageColumns)
 	for r := range rows {
 		if r > 0 {
 			sb.WriteString(", ")
@@ -250,7 +276,7 @@ func valuesInsertSQL(m string, rows int) string {
 }
 
 // messageFields is the number of columns of a message row.
-const messageFields = 10
+const messageFields = 12
 
 // messageValues returns the arguments of valuesInsertSQL for ms.
 func messageValues(ms []sqlstore.Message) []any {
@@ -258,7 +284,7 @@ func messageValues(ms []sqlstore.Message) []any {
 	for i := range ms {
 		m := &ms[i]
 		args = append(args, m.Queue, m.ID, m.Priority, m.DeliverAt, m.ExpiresAt, m.DeliveryCount, m.CreatedAt,
-			m.ContentType, sqlstore.EncodeHeaders(m.Headers), nonNil(m.Body))
+			m.ContentType, sqlstore.EncodeHeaders(m.Headers), nonNil(m.Body), stdsql.MessageSize(m), stdsql.Flag(m.Large))
 	}
 	return args
 }
@@ -270,12 +296,14 @@ func messageArrays(ms []sqlstore.Message) []any {
 	queue, ctype, headers := make([]string, n), make([]string, n), make([]string, n)
 	id, deliverAt, expiresAt, createdAt := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	prio, dc, body := make([]int16, n), make([]int32, n), make([][]byte, n)
+	size, large := make([]int64, n), make([]int16, n)
 	for i := range ms {
 		m := &ms[i]
 		queue[i], id[i], prio[i], deliverAt[i], expiresAt[i] = m.Queue, m.ID, m.Priority, m.DeliverAt, m.ExpiresAt
 		dc[i], createdAt[i], ctype[i], headers[i], body[i] = m.DeliveryCount, m.CreatedAt, m.ContentType, sqlstore.EncodeHeaders(m.Headers), nonNil(m.Body)
+		size[i], large[i] = stdsql.MessageSize(m), stdsql.Flag(m.Large)
 	}
-	return []any{queue, id, prio, deliverAt, expiresAt, dc, createdAt, ctype, headers, body}
+	return []any{queue, id, prio, deliverAt, expiresAt, dc, createdAt, ctype, headers, body, size, large}
 }
 
 // copyMessages inserts ms by COPY in the transaction open on conn: one round trip (the
@@ -284,7 +312,7 @@ func (d *Driver) copyMessages(ctx context.Context, conn *pgxpool.Conn, ms []sqls
 	_, err := conn.CopyFrom(ctx, d.q.messagesTable, d.q.messageCols, pgx.CopyFromSlice(len(ms), func(i int) ([]any, error) {
 		m := &ms[i]
 		return []any{m.Queue, m.ID, m.Priority, m.DeliverAt, m.ExpiresAt, m.DeliveryCount, m.CreatedAt,
-			m.ContentType, sqlstore.EncodeHeaders(m.Headers), nonNil(m.Body)}, nil
+			m.ContentType, sqlstore.EncodeHeaders(m.Headers), nonNil(m.Body), stdsql.MessageSize(m), stdsql.Flag(m.Large)}, nil
 	}))
 	if err != nil {
 		return fmt.Errorf("copy messages: %w", err)

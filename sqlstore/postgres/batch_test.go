@@ -248,3 +248,63 @@ func BenchmarkBatchCommit(b *testing.B) {
 		}
 	}
 }
+
+// TestV2BatchRoundTrips checks that batches with the parts of schema v2 (large rows and
+// their references, page inserts and trims, purges, counter deletes) and the fenced
+// large-message writes stay one round trip once their statements are prepared.
+func TestV2BatchRoundTrips(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	raw := testdb.Postgres(t)
+	u, err := url.Parse(raw)
+	require.NoError(t, err)
+	proxy := newTurnProxy(t, u.Host)
+	d := openPG(t, proxy.url(t, raw), postgres.Config{MaxConns: 1})
+	epoch, err := d.EpochBump(ctx)
+	require.NoError(t, err)
+	turns := func(fn func() error) int64 {
+		t.Helper()
+		before := proxy.turns.Load()
+		require.NoError(t, fn())
+		return proxy.turns.Load() - before
+	}
+	put := func(id int64) int64 {
+		return turns(func() error {
+			return d.LargePut(ctx, &sqlstore.LargePutParams{Epoch: epoch, MessageID: id, Chunks: [][]byte{[]byte("a"), []byte("b")}})
+		})
+	}
+	batch := func(id int64) int64 {
+		large := sqlstore.Message{Queue: "q", ID: id, CreatedAt: 1, Large: true, Size: 2}
+		return turns(func() error {
+			return d.BatchCommit(ctx, &sqlstore.BatchCommitParams{Epoch: epoch, Slot: 1, Batch: &sqlstore.Batch{
+				MessageInserts: []sqlstore.Message{large, pgMsg("q", id+1, 10)},
+				PageInserts:    []sqlstore.PageRow{{Log: "@a", ID: id, Large: true, Size: 2}},
+				MessageDeletes: []sqlstore.MessageKey{{Queue: "q", ID: id - 10, Large: true}},
+				QueuePurges:    []string{"p"},
+				PageTrims:      []sqlstore.PageTrim{{Log: "@a", UpTo: id - 10}},
+				CounterDeletes: []sqlstore.CounterKey{{Kind: sqlstore.CounterPages, Name: "@b"}},
+			}})
+		})
+	}
+	require.LessOrEqual(t, put(10), int64(2))
+	require.LessOrEqual(t, batch(10), int64(2))
+	for id := int64(20); id <= 40; id += 10 {
+		require.Equal(t, int64(1), put(id), "LargePut")
+		require.Equal(t, int64(1), batch(id), "batch")
+	}
+	n, err := d.LargeSweep(ctx, &sqlstore.LargeSweepParams{Epoch: epoch, Below: 100, Limit: 10})
+	require.NoError(t, err)
+	require.Zero(t, n)
+	require.LessOrEqual(t, turns(func() error { return d.LargeDelete(ctx, epoch, 999) }), int64(2))
+	require.Equal(t, int64(1), turns(func() error { return d.LargeDelete(ctx, epoch, 40) }), "LargeDelete")
+	// Messages 10, 20 and 30 lost both references (row and page row): no chunks left.
+	for _, id := range []int64{10, 20, 30} {
+		cs, err := d.LargeScan(ctx, &sqlstore.LargeScanParams{MessageID: id, Limit: 5})
+		require.NoError(t, err)
+		require.Empty(t, cs, "message %d", id)
+	}
+	cs, err := d.LargeScan(ctx, &sqlstore.LargeScanParams{MessageID: 40, Limit: 5})
+	require.NoError(t, err)
+	require.Len(t, cs, 2, "referenced chunks stay")
+}

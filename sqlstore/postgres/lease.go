@@ -24,34 +24,27 @@ const LeaseConnsDefault = 2
 // watchCloseTimeout bounds closing a watch connection.
 const watchCloseTimeout = 5 * time.Second
 
+// leaseQueries are the shared lease statements (stdsql.NewLeaseStatements) and the
+// notification statements only PostgreSQL has.
 type leaseQueries struct {
-	lockState, failbackWaiting, acquire, bumpEpoch, setLockEpoch string
-	setState, renew, release, notify, get, announce, withdraw    string
-	listen                                                       string
+	stdsql.LeaseStatements
+	notify, listen string
 }
 
 func newLeaseQueries(n string) leaseQueries {
-	now := NowUS
 	return leaseQueries{
-		lockState: fmt.Sprintf("SELECT state FROM %s WHERE id = %d FOR UPDATE", n, sqlstore.NodeRowState),
-		failbackWaiting: fmt.Sprintf("SELECT count(*) FROM %s WHERE id >= %d AND state = '%s' AND expires_us >= %s AND holder_id <> $1",
-			n, sqlstore.MemberRowBase, sqlstore.MemberFailback, now),
-		acquire: fmt.Sprintf("UPDATE %s SET holder_id = $1, holder_name = $2, expires_us = %s + $3::bigint, updated_us = %s "+
-			"WHERE id = %d AND (holder_id = '' OR expires_us < %s)", n, now, now, sqlstore.NodeRowLiveLock, now),
-		bumpEpoch:    fmt.Sprintf("UPDATE %s SET epoch = epoch + 1, updated_us = %s WHERE id = %d RETURNING epoch", n, now, sqlstore.NodeRowFence),
-		setLockEpoch: fmt.Sprintf("UPDATE %s SET epoch = $1 WHERE id = %d", n, sqlstore.NodeRowLiveLock),
-		setState:     fmt.Sprintf("UPDATE %s SET state = $1, updated_us = %s WHERE id = %d", n, now, sqlstore.NodeRowState),
-		renew: fmt.Sprintf("UPDATE %s SET expires_us = %s + $1::bigint, updated_us = %s "+
-			"WHERE id = %d AND holder_id = $2 AND epoch = $3 AND expires_us >= %s", n, now, now, sqlstore.NodeRowLiveLock, now),
-		release: fmt.Sprintf("UPDATE %s SET holder_id = '', holder_name = '', expires_us = 0, updated_us = %s "+
-			"WHERE id = %d AND holder_id = $1 AND epoch = $2", n, now, sqlstore.NodeRowLiveLock),
+		LeaseStatements: stdsql.NewLeaseStatements(n, stdsql.LeaseSyntax{
+			Param:  stdsql.Dollar,
+			Bigint: func(m string) string { return m + "::bigint" },
+			NowUS:  NowUS,
+			// The state row is locked first by every lease transaction that writes.
+			LockRow: " FOR UPDATE",
+			MemberUpsertSuffix: " ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, holder_id = EXCLUDED.holder_id, " +
+				"holder_name = EXCLUDED.holder_name, expires_us = EXCLUDED.expires_us, updated_us = EXCLUDED.updated_us",
+			BumpReturning: " RETURNING epoch",
+		}),
 		notify: "SELECT pg_notify($1, $2)",
-		get:    stdsql.LeaseStateSQL(n, now),
-		announce: fmt.Sprintf("INSERT INTO %s (id, state, holder_id, holder_name, expires_us, updated_us) VALUES ($1, $2, $3, $4, %s + $5::bigint, %s) "+
-			"ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, holder_id = EXCLUDED.holder_id, holder_name = EXCLUDED.holder_name, "+
-			"expires_us = EXCLUDED.expires_us, updated_us = EXCLUDED.updated_us", n, now, now),
-		withdraw: fmt.Sprintf("DELETE FROM %s WHERE id = $1 AND holder_id = $2", n),
-		listen:   "LISTEN " + pgx.Identifier{n}.Sanitize(),
+		listen: "LISTEN " + pgx.Identifier{n}.Sanitize(),
 	}
 }
 
@@ -74,7 +67,7 @@ func (d *Driver) leaseTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 func (d *Driver) readLeaseState(ctx context.Context, q interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }) (*sqlstore.LeaseState, error) {
-	rows, err := q.Query(ctx, d.lq.get)
+	rows, err := q.Query(ctx, d.lq.Get)
 	if err != nil {
 		return nil, fmt.Errorf("read lease state: %w", err)
 	}
@@ -112,7 +105,7 @@ func (d *Driver) LeaseAcquire(ctx context.Context, p *sqlstore.LeaseAcquireParam
 		// Row 0 first: every lease transaction that writes starts here, so they
 		// queue in one order and the state cannot change under this one.
 		var state string
-		if err := tx.QueryRow(ctx, d.lq.lockState).Scan(&state); err != nil {
+		if err := tx.QueryRow(ctx, d.lq.LockState).Scan(&state); err != nil {
 			return fmt.Errorf("lock state row: %w", err)
 		}
 		eligible := true
@@ -121,14 +114,14 @@ func (d *Driver) LeaseAcquire(ctx context.Context, p *sqlstore.LeaseAcquireParam
 				eligible = false
 			} else {
 				var waiting int64
-				if err := tx.QueryRow(ctx, d.lq.failbackWaiting, p.HolderID).Scan(&waiting); err != nil {
+				if err := tx.QueryRow(ctx, d.lq.FailbackWaiting, p.HolderID).Scan(&waiting); err != nil {
 					return fmt.Errorf("read failback members: %w", err)
 				}
 				eligible = waiting == 0
 			}
 		}
 		if eligible {
-			tag, err := tx.Exec(ctx, d.lq.acquire, p.HolderID, p.HolderName, ttl)
+			tag, err := tx.Exec(ctx, d.lq.Acquire, p.HolderID, p.HolderName, ttl)
 			if err != nil {
 				return fmt.Errorf("take live lock: %w", err)
 			}
@@ -144,13 +137,13 @@ func (d *Driver) LeaseAcquire(ctx context.Context, p *sqlstore.LeaseAcquireParam
 		// The exclusive lock on the epoch row waits for every BatchCommit holding it
 		// FOR SHARE; every later one sees the new epoch.
 		var epoch int64
-		if err := tx.QueryRow(ctx, d.lq.bumpEpoch).Scan(&epoch); err != nil {
+		if err := tx.QueryRow(ctx, d.lq.BumpEpoch).Scan(&epoch); err != nil {
 			return fmt.Errorf("bump fencing epoch: %w", err)
 		}
-		if _, err := tx.Exec(ctx, d.lq.setLockEpoch, epoch); err != nil {
+		if _, err := tx.Exec(ctx, d.lq.SetLockEpoch, epoch); err != nil {
 			return fmt.Errorf("record lock epoch: %w", err)
 		}
-		if _, err := tx.Exec(ctx, d.lq.setState, sqlstore.GroupStateLive); err != nil {
+		if _, err := tx.Exec(ctx, d.lq.SetState, sqlstore.GroupStateLive); err != nil {
 			return fmt.Errorf("write group state: %w", err)
 		}
 		st, err = d.readLeaseState(ctx, tx)
@@ -181,8 +174,8 @@ func (d *Driver) LeaseRenew(ctx context.Context, p *sqlstore.LeaseRenewParams) (
 	var lost bool
 	err = d.retry(ctx, func() error {
 		var b pgx.Batch
-		b.Queue(d.lq.renew, ttl, p.HolderID, p.Epoch)
-		b.Queue(d.lq.get)
+		b.Queue(d.lq.Renew, ttl, p.HolderID, p.Epoch)
+		b.Queue(d.lq.Get)
 		res := d.leasePool.SendBatch(ctx, &b)
 		tag, err := res.Exec()
 		if err != nil {
@@ -234,17 +227,17 @@ func (d *Driver) LeaseRelease(ctx context.Context, p *sqlstore.LeaseReleaseParam
 	}
 	err := d.leaseTx(ctx, func(tx pgx.Tx) error {
 		var state string
-		if err := tx.QueryRow(ctx, d.lq.lockState).Scan(&state); err != nil {
+		if err := tx.QueryRow(ctx, d.lq.LockState).Scan(&state); err != nil {
 			return fmt.Errorf("lock state row: %w", err)
 		}
-		tag, err := tx.Exec(ctx, d.lq.release, p.HolderID, p.Epoch)
+		tag, err := tx.Exec(ctx, d.lq.Release, p.HolderID, p.Epoch)
 		if err != nil {
 			return fmt.Errorf("free live lock: %w", err)
 		}
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("holder %s, epoch %d: %w", p.HolderID, p.Epoch, sqlstore.ErrLeaseLost)
 		}
-		if _, err := tx.Exec(ctx, d.lq.setState, p.State); err != nil {
+		if _, err := tx.Exec(ctx, d.lq.SetState, p.State); err != nil {
 			return fmt.Errorf("write group state: %w", err)
 		}
 		if _, err := tx.Exec(ctx, d.lq.notify, d.t.NodeManager, p.HolderID); err != nil {
@@ -282,7 +275,7 @@ func (d *Driver) LeaseAnnounce(ctx context.Context, p *sqlstore.LeaseAnnouncePar
 		return fmt.Errorf("postgres: %s: %w", op, err)
 	}
 	err = d.retry(ctx, func() error {
-		_, err := d.leasePool.Exec(ctx, d.lq.announce, sqlstore.MemberRowID(p.HolderID), p.Role, p.HolderID, p.HolderName, ttl)
+		_, err := d.leasePool.Exec(ctx, d.lq.Announce, sqlstore.MemberRowID(p.HolderID), p.Role, p.HolderID, p.HolderName, ttl)
 		return err
 	})
 	if err != nil {
@@ -301,7 +294,7 @@ func (d *Driver) LeaseWithdraw(ctx context.Context, holderID string) error {
 	if err := stdsql.CheckHolder(holderID, ""); err != nil {
 		return fmt.Errorf("postgres: %s: %w", op, err)
 	}
-	if _, err := d.leasePool.Exec(ctx, d.lq.withdraw, sqlstore.MemberRowID(holderID), holderID); err != nil {
+	if _, err := d.leasePool.Exec(ctx, d.lq.Withdraw, sqlstore.MemberRowID(holderID), holderID); err != nil {
 		return d.wrap(op, err)
 	}
 	return nil

@@ -11,6 +11,17 @@
 // per connection by pgx (after a failed batch pgx forgets that batch's statements, so
 // the next batch on the connection prepares them again, once). See batch.go.
 //
+// The parts of schema v2 travel in the same pipeline. Page inserts go through unnest;
+// what the inserts add to the counters and to chunk references is one upsert and one
+// UPDATE (whose count check raises inside the server when a large row names a message
+// without chunks, like the fence check). Message deletes, queue purges and page trims
+// are each one statement with data-modifying CTEs: DELETE ... RETURNING the rows really
+// deleted, an upsert of their counters on the batch's slot, and the drop of their
+// references (lock the chunk-0 rows, lower the ones still referenced, delete every
+// chunk of the others). So an ordinary publish or ack batch is still one round trip,
+// and so is a batch with large messages, purges or trims. LargePut, LargeDelete and
+// LargeSweep are fenced pipelines of their own (BEGIN, fence, one statement, COMMIT).
+//
 // Fencing: the fence check reads the epoch row with FOR SHARE, before any write of the
 // transaction, and raises an error inside the server when the epoch is not the
 // writer's, so every statement queued after it in the pipeline is skipped and the
@@ -100,6 +111,8 @@ type Driver struct {
 	t         migrations.Tables
 	logger    *slog.Logger
 	q         queries
+	v2        v2Queries
+	r         *stdsql.Reads
 	lq        leaseQueries
 	closed    atomic.Bool
 	copyMin   int // message rows from which BatchCommit uses COPY; 0 never
@@ -114,12 +127,12 @@ type Driver struct {
 var _ sqlstore.Driver = (*Driver)(nil)
 
 type queries struct {
-	fence, epochGet, epochBump, bindingList, scan, count, dupGet                 string
-	bindingPut, msgInsert, dupInsert, msgUpdate, msgDelete, purge, bindingDelete string
-	dupBefore                                                                    string
-	messageCols                                                                  []string
-	messagesTable                                                                pgx.Identifier
-	msgValues                                                                    [ValuesMaxRows + 1]string // [n]: insert n rows by VALUES
+	fence, epochGet, epochBump, bindingList, count, dupGet     string
+	bindingPut, msgInsert, dupInsert, msgUpdate, bindingDelete string
+	dupBefore                                                  string
+	messageCols                                                []string
+	messagesTable                                              pgx.Identifier
+	msgValues                                                  [ValuesMaxRows + 1]string // [n]: insert n rows by VALUES
 }
 
 // Open creates the pool and checks the database answers, bounded by ctx. It does not
@@ -177,28 +190,29 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	return &Driver{
 		pool: pool, leasePool: leasePool, t: t, logger: cfg.Logger, lq: newLeaseQueries(n), copyMin: copyMin,
 		connConfig: pcfg.ConnConfig.Copy(), closing: closing, cancel: cancel,
+		v2: newV2Queries(t),
+		r: stdsql.NewReads(t, stdsql.Syntax{Param: stdsql.Dollar, ByteOrder: ` COLLATE "C"`,
+			SumInt: func(col string) string { return "sum(" + col + ")::bigint" }}),
 		q: queries{
 			fence:       fenceSQL(n),
 			epochGet:    fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d", n, fence),
 			epochBump:   fmt.Sprintf("UPDATE %s SET epoch = epoch + 1 WHERE id = %d RETURNING epoch", n, fence),
 			bindingList: fmt.Sprintf("SELECT kind, name, target, config, created_at FROM %s ORDER BY kind, name, target", b),
-			scan:        fmt.Sprintf("SELECT queue, id, priority, deliver_at, expires_at, delivery_count, created_at, content_type, headers, body FROM %s WHERE queue = $1 AND id > $2 ORDER BY id LIMIT $3", m),
 			count:       fmt.Sprintf("SELECT count(*) FROM %s WHERE queue = $1", m),
 			dupGet:      fmt.Sprintf("SELECT message_id FROM %s WHERE queue = $1 AND idem_key = $2", d),
 			bindingPut: fmt.Sprintf("INSERT INTO %s (kind, name, target, config, created_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) "+
 				"ON CONFLICT (kind, name, target) DO UPDATE SET config = EXCLUDED.config, created_at = EXCLUDED.created_at", b),
-			msgInsert: fmt.Sprintf("INSERT INTO %s (queue, id, priority, deliver_at, expires_at, delivery_count, created_at, content_type, headers, body) "+
-				"SELECT * FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::bigint[], $5::bigint[], $6::integer[], $7::bigint[], $8::text[], $9::text[], $10::bytea[])", m),
+			msgInsert: fmt.Sprintf("INSERT INTO %s (%s) "+
+				"SELECT * FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::bigint[], $5::bigint[], $6::integer[], $7::bigint[], $8::text[], $9::text[], $10::bytea[], "+
+				"$11::bigint[], $12::smallint[])", m, stdsql.MessageColumns),
 			dupInsert: fmt.Sprintf("INSERT INTO %s (queue, idem_key, message_id, created_at) SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])", d),
 			msgUpdate: fmt.Sprintf("UPDATE %s AS m SET delivery_count = v.dc, deliver_at = v.da FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[]) AS v(q, i, dc, da) "+
 				"WHERE m.queue = v.q AND m.id = v.i", m),
-			msgDelete:     fmt.Sprintf("DELETE FROM %s WHERE (queue, id) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))", m),
-			purge:         fmt.Sprintf("DELETE FROM %s WHERE queue = ANY($1::text[])", m),
 			bindingDelete: fmt.Sprintf("DELETE FROM %s WHERE (kind, name, target) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))", b),
 			dupBefore:     fmt.Sprintf("DELETE FROM %s WHERE created_at < $1", d),
 			msgValues:     msgValues,
 			messagesTable: pgx.Identifier{strings.ToLower(m)}, // unquoted in the migrations: folded to lower case
-			messageCols:   []string{"queue", "id", "priority", "deliver_at", "expires_at", "delivery_count", "created_at", "content_type", "headers", "body"},
+			messageCols:   strings.Split(stdsql.MessageColumns, ", "),
 		},
 	}, nil
 }
@@ -313,7 +327,10 @@ func (d *Driver) BatchCommit(ctx context.Context, p *sqlstore.BatchCommitParams)
 	if b == nil {
 		b = &sqlstore.Batch{}
 	}
-	err := d.retry(ctx, func() error { return d.batchCommit(ctx, p.Epoch, b) })
+	if err := stdsql.CheckSlot(p.Slot); err != nil {
+		return fmt.Errorf("postgres: batch commit: %w", err)
+	}
+	err := d.retry(ctx, func() error { return d.batchCommit(ctx, p.Epoch, b, p.Slot) })
 	if err != nil {
 		if errors.Is(err, sqlstore.ErrFenced) {
 			return fmt.Errorf("postgres: batch commit: %w", err)
@@ -357,7 +374,11 @@ func (d *Driver) MessageScan(ctx context.Context, p *sqlstore.MessageScanParams)
 	if limit <= 0 {
 		limit = ScanLimitDefault
 	}
-	rows, err := d.pool.Query(ctx, d.q.scan, p.Queue, p.AfterID, limit)
+	query, args, err := d.r.Scan(p, limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %s: %w", op(), err)
+	}
+	rows, err := d.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, d.wrap(op(), err)
 	}

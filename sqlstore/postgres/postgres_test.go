@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -42,6 +43,25 @@ func TestConformance(t *testing.T) {
 			defer conn.Close(context.Background())
 			_, err = conn.Exec(ctx, stmt)
 			require.NoError(t, err)
+		},
+		QueryInt: func(t testing.TB, url string, query string) int64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, err := pgx.Connect(ctx, url)
+			require.NoError(t, err)
+			defer conn.Close(context.Background())
+			var n int64
+			require.NoError(t, conn.QueryRow(ctx, query).Scan(&n))
+			return n
+		},
+		MigrateTo: func(t testing.TB, url string, tables migrations.Tables, version uint) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cfg, err := pgx.ParseConfig(url)
+			require.NoError(t, err)
+			// UpWithOptions closes the handle.
+			require.NoError(t, migrations.UpWithOptions(ctx, stdlib.OpenDB(*cfg), migrations.DialectPostgres, tables,
+				migrations.Options{Logger: slog.New(slog.DiscardHandler), Version: version}))
 		},
 	})
 }

@@ -39,13 +39,32 @@ func TestConformance(t *testing.T) {
 			return d
 		},
 		Exec: func(t testing.TB, url string, stmt string) {
-			db, err := sql.Open("sqlite", "file:"+path(url)+"?_pragma=busy_timeout(10000)")
-			require.NoError(t, err)
+			db := rawDB(t, url)
 			defer db.Close()
-			_, err = db.Exec(stmt)
+			_, err := db.Exec(stmt)
 			require.NoError(t, err)
 		},
+		QueryInt: func(t testing.TB, url string, query string) int64 {
+			db := rawDB(t, url)
+			defer db.Close()
+			var n int64
+			require.NoError(t, db.QueryRow(query).Scan(&n))
+			return n
+		},
+		MigrateTo: func(t testing.TB, url string, tables migrations.Tables, version uint) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			// UpWithOptions closes the handle.
+			require.NoError(t, migrations.UpWithOptions(ctx, rawDB(t, url), migrations.DialectSQLite, tables,
+				migrations.Options{Logger: slog.New(slog.DiscardHandler), Version: version}))
+		},
 	})
+}
+
+func rawDB(t testing.TB, url string) *sql.DB {
+	db, err := sql.Open("sqlite", "file:"+path(url)+"?_pragma=busy_timeout(10000)")
+	require.NoError(t, err)
+	return db
 }
 
 func TestOpenErrors(t *testing.T) {

@@ -34,6 +34,12 @@ type Harness struct {
 	// Exec runs one SQL statement on the database named by url, outside any driver
 	// (used to tamper with the schema version).
 	Exec func(t testing.TB, url string, stmt string)
+	// QueryInt runs one query returning one integer (a row count) on the database
+	// named by url, outside any driver.
+	QueryInt func(t testing.TB, url string, query string) int64
+	// MigrateTo applies the migrations up to version only (an older schema, to test
+	// upgrades) with the given table names, outside any driver.
+	MigrateTo func(t testing.TB, url string, tables migrations.Tables, version uint)
 }
 
 // Exercise runs the conformance suite.
@@ -65,6 +71,7 @@ func Exercise(t *testing.T, h Harness) {
 		{"WriterStopDrains", testWriterStopDrains},
 		{"Closed", testClosed},
 	}
+	tests = append(tests, v2Tests...)
 	tests = append(tests, leaseTests...)
 	tests = append(tests, fencingTests...)
 	for _, tt := range tests {
@@ -835,6 +842,16 @@ func testClosed(t *testing.T, h Harness) {
 	_, err = drv.MessageScan(ctx, &sqlstore.MessageScanParams{Queue: "q"})
 	require.ErrorIs(t, err, sqlstore.ErrClosed)
 	require.True(t, strings.Contains(err.Error(), drv.Dialect()), "errors name the dialect: %v", err)
+	_, err = drv.CounterList(ctx)
+	require.ErrorIs(t, err, sqlstore.ErrClosed)
+	_, err = drv.PageScan(ctx, &sqlstore.PageScanParams{Log: "@a"})
+	require.ErrorIs(t, err, sqlstore.ErrClosed)
+	require.ErrorIs(t, drv.LargePut(ctx, &sqlstore.LargePutParams{MessageID: 1, Chunks: [][]byte{{1}}}), sqlstore.ErrClosed)
+	_, err = drv.LargeScan(ctx, &sqlstore.LargeScanParams{MessageID: 1})
+	require.ErrorIs(t, err, sqlstore.ErrClosed)
+	require.ErrorIs(t, drv.LargeDelete(ctx, 0, 1), sqlstore.ErrClosed)
+	_, err = drv.LargeSweep(ctx, &sqlstore.LargeSweepParams{Below: 1, Limit: 1})
+	require.ErrorIs(t, err, sqlstore.ErrClosed)
 	leaseClosed(t, ctx, drv)
 }
 

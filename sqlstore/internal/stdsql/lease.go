@@ -18,11 +18,6 @@ const (
 	maxHolderName = 255
 )
 
-type leaseQueries struct {
-	lockState, failbackWaiting, acquire, bumpEpoch, fenceGet, setLockEpoch string
-	setState, renew, release, get, announce, withdraw                      string
-}
-
 // LeaseStateSQL renders the one statement that reads the lease state: rows 0, 1 and 4
 // and the unexpired member rows of the node-manager table n, each with the database
 // clock now (an SQL expression in Unix microseconds) evaluated once in a derived table.
@@ -34,27 +29,74 @@ func LeaseStateSQL(n, now string) string {
 		now, n, sqlstore.NodeRowState, sqlstore.NodeRowLiveLock, sqlstore.NodeRowFence, sqlstore.MemberRowBase)
 }
 
-func newLeaseQueries(d Dialect, n string) leaseQueries {
-	now := d.NowUS
-	return leaseQueries{
-		lockState: fmt.Sprintf("SELECT state FROM %s WHERE id = %d%s", n, sqlstore.NodeRowState, d.LockRow),
-		failbackWaiting: fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE id >= %d AND state = '%s' AND expires_us >= %s AND holder_id <> ?",
-			n, sqlstore.MemberRowBase, sqlstore.MemberFailback, now),
-		acquire: fmt.Sprintf("UPDATE %s SET holder_id = ?, holder_name = ?, expires_us = %s + ?, updated_us = %s "+
-			"WHERE id = %d AND (holder_id = '' OR expires_us < %s)", n, now, now, sqlstore.NodeRowLiveLock, now),
-		bumpEpoch:    fmt.Sprintf("UPDATE %s SET epoch = epoch + 1, updated_us = %s WHERE id = %d", n, now, sqlstore.NodeRowFence),
-		fenceGet:     fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d", n, sqlstore.NodeRowFence),
-		setLockEpoch: fmt.Sprintf("UPDATE %s SET epoch = ? WHERE id = %d", n, sqlstore.NodeRowLiveLock),
-		setState:     fmt.Sprintf("UPDATE %s SET state = ?, updated_us = %s WHERE id = %d", n, now, sqlstore.NodeRowState),
-		renew: fmt.Sprintf("UPDATE %s SET expires_us = %s + ?, updated_us = %s "+
-			"WHERE id = %d AND holder_id = ? AND epoch = ? AND expires_us >= %s", n, now, now, sqlstore.NodeRowLiveLock, now),
-		release: fmt.Sprintf("UPDATE %s SET holder_id = '', holder_name = '', expires_us = 0, updated_us = %s "+
-			"WHERE id = %d AND holder_id = ? AND epoch = ?", n, now, sqlstore.NodeRowLiveLock),
-		get: LeaseStateSQL(n, now),
-		announce: fmt.Sprintf("INSERT INTO %s (id, state, holder_id, holder_name, expires_us, updated_us) VALUES (?, ?, ?, ?, %s + ?, %s)%s",
-			n, now, now, d.MemberUpsertSuffix),
-		withdraw: fmt.Sprintf("DELETE FROM %s WHERE id = ? AND holder_id = ?", n),
-	}
+// LeaseSyntax is what the lease statements need of a dialect.
+type LeaseSyntax struct {
+	// Param renders the n-th (from 1) parameter marker: Dollar or Question.
+	Param func(n int) string
+	// Bigint renders a parameter marker that the statement adds to the clock: typed on
+	// PostgreSQL ("$3::bigint").
+	Bigint func(marker string) string
+	// NowUS is the database clock in Unix microseconds (an SQL expression).
+	NowUS string
+	// LockRow is appended to the read of the state row that starts a lease
+	// transaction.
+	LockRow string
+	// MemberUpsertSuffix turns the member-row insert into an insert-or-refresh.
+	MemberUpsertSuffix string
+	// BumpReturning is appended to the epoch bump (" RETURNING epoch" where the
+	// dialect has it; the epoch is read back with FenceGet otherwise).
+	BumpReturning string
+}
+
+// LeaseStatements are the lease statements on one node-manager table, the same text
+// for every dialect but for LeaseSyntax.
+type LeaseStatements struct {
+	LockState, FailbackWaiting, Acquire, BumpEpoch, FenceGet, SetLockEpoch string
+	SetState, Renew, Release, Get, Announce, Withdraw                      string
+}
+
+// NewLeaseStatements renders the lease statements on node-manager table n.
+func NewLeaseStatements(n string, syn LeaseSyntax) LeaseStatements {
+	now := syn.NowUS
+	var i int
+	// p renders the next parameter of the statement being built; reset starts one.
+	p := func() string { i++; return syn.Param(i) }
+	reset := func() { i = 0 }
+	st := LeaseStatements{}
+	reset()
+	st.LockState = fmt.Sprintf("SELECT state FROM %s WHERE id = %d%s", n, sqlstore.NodeRowState, syn.LockRow)
+	reset()
+	st.FailbackWaiting = fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE id >= %d AND state = '%s' AND expires_us >= %s AND holder_id <> %s",
+		n, sqlstore.MemberRowBase, sqlstore.MemberFailback, now, p())
+	reset()
+	st.Acquire = fmt.Sprintf("UPDATE %s SET holder_id = %s, holder_name = %s, expires_us = %s + %s, updated_us = %s "+
+		"WHERE id = %d AND (holder_id = '' OR expires_us < %s)", n, p(), p(), now, syn.Bigint(p()), now, sqlstore.NodeRowLiveLock, now)
+	st.BumpEpoch = fmt.Sprintf("UPDATE %s SET epoch = epoch + 1, updated_us = %s WHERE id = %d%s", n, now, sqlstore.NodeRowFence, syn.BumpReturning)
+	st.FenceGet = fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d", n, sqlstore.NodeRowFence)
+	reset()
+	st.SetLockEpoch = fmt.Sprintf("UPDATE %s SET epoch = %s WHERE id = %d", n, p(), sqlstore.NodeRowLiveLock)
+	reset()
+	st.SetState = fmt.Sprintf("UPDATE %s SET state = %s, updated_us = %s WHERE id = %d", n, p(), now, sqlstore.NodeRowState)
+	reset()
+	st.Renew = fmt.Sprintf("UPDATE %s SET expires_us = %s + %s, updated_us = %s "+
+		"WHERE id = %d AND holder_id = %s AND epoch = %s AND expires_us >= %s", n, now, syn.Bigint(p()), now, sqlstore.NodeRowLiveLock, p(), p(), now)
+	reset()
+	st.Release = fmt.Sprintf("UPDATE %s SET holder_id = '', holder_name = '', expires_us = 0, updated_us = %s "+
+		"WHERE id = %d AND holder_id = %s AND epoch = %s", n, now, sqlstore.NodeRowLiveLock, p(), p())
+	st.Get = LeaseStateSQL(n, now)
+	reset()
+	st.Announce = fmt.Sprintf("INSERT INTO %s (id, state, holder_id, holder_name, expires_us, updated_us) VALUES (%s, %s, %s, %s, %s + %s, %s)%s",
+		n, p(), p(), p(), p(), now, syn.Bigint(p()), now, syn.MemberUpsertSuffix)
+	reset()
+	st.Withdraw = fmt.Sprintf("DELETE FROM %s WHERE id = %s AND holder_id = %s", n, p(), p())
+	return st
+}
+
+func newLeaseQueries(d Dialect, n string) LeaseStatements {
+	return NewLeaseStatements(n, LeaseSyntax{
+		Param: Question, Bigint: func(m string) string { return m }, NowUS: d.NowUS,
+		LockRow: d.LockRow, MemberUpsertSuffix: d.MemberUpsertSuffix,
+	})
 }
 
 // LeaseRow is one row read by LeaseStateSQL.
@@ -216,7 +258,7 @@ type queryer interface {
 }
 
 func (c *Core) readLeaseState(ctx context.Context, q queryer) (*sqlstore.LeaseState, error) {
-	rows, err := q.QueryContext(ctx, c.lq.get)
+	rows, err := q.QueryContext(ctx, c.lq.Get)
 	if err != nil {
 		return nil, fmt.Errorf("read lease state: %w", err)
 	}
@@ -265,7 +307,7 @@ func (c *Core) LeaseAcquire(ctx context.Context, p *sqlstore.LeaseAcquireParams)
 		// Row 0 first: every lease transaction that writes starts here, so they
 		// queue in one order and the state cannot change under this one.
 		var state string
-		if err := tx.QueryRowContext(ctx, c.lq.lockState).Scan(&state); err != nil {
+		if err := tx.QueryRowContext(ctx, c.lq.LockState).Scan(&state); err != nil {
 			return fmt.Errorf("lock state row: %w", err)
 		}
 		eligible := true
@@ -274,14 +316,14 @@ func (c *Core) LeaseAcquire(ctx context.Context, p *sqlstore.LeaseAcquireParams)
 				eligible = false
 			} else {
 				var waiting int64
-				if err := tx.QueryRowContext(ctx, c.lq.failbackWaiting, p.HolderID).Scan(&waiting); err != nil {
+				if err := tx.QueryRowContext(ctx, c.lq.FailbackWaiting, p.HolderID).Scan(&waiting); err != nil {
 					return fmt.Errorf("read failback members: %w", err)
 				}
 				eligible = waiting == 0
 			}
 		}
 		if eligible {
-			res, err := tx.ExecContext(ctx, c.lq.acquire, p.HolderID, p.HolderName, ttl)
+			res, err := tx.ExecContext(ctx, c.lq.Acquire, p.HolderID, p.HolderName, ttl)
 			if err != nil {
 				return fmt.Errorf("take live lock: %w", err)
 			}
@@ -300,7 +342,7 @@ func (c *Core) LeaseAcquire(ctx context.Context, p *sqlstore.LeaseAcquireParams)
 		}
 		// The exclusive lock on the epoch row waits for every BatchCommit holding it
 		// shared; every later one sees the new epoch.
-		res, err := tx.ExecContext(ctx, c.lq.bumpEpoch)
+		res, err := tx.ExecContext(ctx, c.lq.BumpEpoch)
 		if err != nil {
 			return fmt.Errorf("bump fencing epoch: %w", err)
 		}
@@ -310,13 +352,13 @@ func (c *Core) LeaseAcquire(ctx context.Context, p *sqlstore.LeaseAcquireParams)
 			return fmt.Errorf("bump fencing epoch: %w", sql.ErrNoRows)
 		}
 		var epoch int64
-		if err := tx.QueryRowContext(ctx, c.lq.fenceGet).Scan(&epoch); err != nil {
+		if err := tx.QueryRowContext(ctx, c.lq.FenceGet).Scan(&epoch); err != nil {
 			return fmt.Errorf("read fencing epoch: %w", err)
 		}
-		if _, err := tx.ExecContext(ctx, c.lq.setLockEpoch, epoch); err != nil {
+		if _, err := tx.ExecContext(ctx, c.lq.SetLockEpoch, epoch); err != nil {
 			return fmt.Errorf("record lock epoch: %w", err)
 		}
-		if _, err := tx.ExecContext(ctx, c.lq.setState, sqlstore.GroupStateLive); err != nil {
+		if _, err := tx.ExecContext(ctx, c.lq.SetState, sqlstore.GroupStateLive); err != nil {
 			return fmt.Errorf("write group state: %w", err)
 		}
 		st, err = c.readLeaseState(ctx, tx)
@@ -345,7 +387,7 @@ func (c *Core) LeaseRenew(ctx context.Context, p *sqlstore.LeaseRenewParams) (*s
 	var st *sqlstore.LeaseState
 	var lost bool
 	err = c.leaseTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, c.lq.renew, ttl, p.HolderID, p.Epoch)
+		res, err := tx.ExecContext(ctx, c.lq.Renew, ttl, p.HolderID, p.Epoch)
 		if err != nil {
 			return fmt.Errorf("extend live lock: %w", err)
 		}
@@ -378,10 +420,10 @@ func (c *Core) LeaseRelease(ctx context.Context, p *sqlstore.LeaseReleaseParams)
 	}
 	err := c.leaseTx(ctx, func(tx *sql.Tx) error {
 		var state string
-		if err := tx.QueryRowContext(ctx, c.lq.lockState).Scan(&state); err != nil {
+		if err := tx.QueryRowContext(ctx, c.lq.LockState).Scan(&state); err != nil {
 			return fmt.Errorf("lock state row: %w", err)
 		}
-		res, err := tx.ExecContext(ctx, c.lq.release, p.HolderID, p.Epoch)
+		res, err := tx.ExecContext(ctx, c.lq.Release, p.HolderID, p.Epoch)
 		if err != nil {
 			return fmt.Errorf("free live lock: %w", err)
 		}
@@ -390,7 +432,7 @@ func (c *Core) LeaseRelease(ctx context.Context, p *sqlstore.LeaseReleaseParams)
 		} else if n == 0 {
 			return fmt.Errorf("holder %s, epoch %d: %w", p.HolderID, p.Epoch, sqlstore.ErrLeaseLost)
 		}
-		if _, err := tx.ExecContext(ctx, c.lq.setState, p.State); err != nil {
+		if _, err := tx.ExecContext(ctx, c.lq.SetState, p.State); err != nil {
 			return fmt.Errorf("write group state: %w", err)
 		}
 		return nil
@@ -425,7 +467,7 @@ func (c *Core) LeaseAnnounce(ctx context.Context, p *sqlstore.LeaseAnnounceParam
 		return fmt.Errorf("%s: %s: %w", c.d.Name, op, err)
 	}
 	err = c.leaseTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, c.lq.announce, sqlstore.MemberRowID(p.HolderID), p.Role, p.HolderID, p.HolderName, ttl)
+		_, err := tx.ExecContext(ctx, c.lq.Announce, sqlstore.MemberRowID(p.HolderID), p.Role, p.HolderID, p.HolderName, ttl)
 		return err
 	})
 	if err != nil {
@@ -445,7 +487,7 @@ func (c *Core) LeaseWithdraw(ctx context.Context, holderID string) error {
 		return fmt.Errorf("%s: %s: %w", c.d.Name, op, err)
 	}
 	err := c.leaseTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, c.lq.withdraw, sqlstore.MemberRowID(holderID), holderID)
+		_, err := tx.ExecContext(ctx, c.lq.Withdraw, sqlstore.MemberRowID(holderID), holderID)
 		return err
 	})
 	if err != nil {

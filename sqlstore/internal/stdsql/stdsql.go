@@ -2,8 +2,16 @@
 // over database/sql with "?" placeholders. Each driver package supplies a Dialect (the
 // statements that differ, its error mapping and its retry rule) and keeps its own
 // Config, Open and documentation. The PostgreSQL driver speaks pgx natively and uses
-// only the dialect-neutral lease helpers of lease.go (the lease-state query, parameter
-// checks, assembling a LeaseState).
+// only the dialect-neutral helpers: those of lease.go (the lease-state query, parameter
+// checks, assembling a LeaseState), the row readers (ScanMessages and friends) and
+// statements.go.
+//
+// statements.go holds what all three dialects share of schema v2, the PostgreSQL driver
+// included: the read statements (lane scans, page and chunk scans, the counter list),
+// rendered with each dialect's placeholders, and the counter and reference bookkeeping
+// of a batch's inserts. Core applies a batch as a sequence of statements in one
+// transaction (apply documents the order); counter changes are gathered in Go from the
+// rows really written and upserted once, on the batch's slot.
 //
 // Lease statements (LeaseStore, lease.go) run on a third pool given to New, each as one
 // transaction that locks the state row first (Dialect.LockRow), then the live-lock row,
@@ -45,6 +53,15 @@ type Dialect struct {
 	MaxPlaceholders int
 	// MaxStatementBytes bounds the payload bytes of one multi-row insert.
 	MaxStatementBytes int
+	// ForUpdate is appended to the reads that lock the rows a batch is about to change
+	// (" FOR UPDATE" on MySQL; "" on SQLite, whose write transaction holds the database
+	// lock).
+	ForUpdate string
+	// CounterUpsertSuffix follows the VALUES of a counter insert and turns it into an
+	// add to the existing row (ON CONFLICT ... DO UPDATE / ON DUPLICATE KEY UPDATE).
+	CounterUpsertSuffix string
+	// SumInt renders the SUM of an integer column as a value that scans into an int64.
+	SumInt func(col string) string
 	// UpdateJoin, when true, applies message updates in chunks with one
 	// UPDATE ... JOIN (SELECT ... UNION ALL ...) statement (MySQL); otherwise one
 	// prepared UPDATE per row (SQLite, where a statement is a function call).
@@ -83,9 +100,10 @@ type Core struct {
 	write  *sql.DB
 	read   *sql.DB
 	lease  *sql.DB
-	lq     leaseQueries
+	lq     LeaseStatements
 	t      migrations.Tables
 	q      queries
+	r      *Reads
 	closed atomic.Bool
 	// writeMu queues the write transactions of this process when
 	// Dialect.SerializeWrites is set.
@@ -95,9 +113,12 @@ type Core struct {
 }
 
 type queries struct {
-	fence, epochGet, epochBump, bindingList, scan, count, dupGet          string
+	fence, epochGet, epochBump, bindingList, count, dupGet                string
 	bindingPut, msgUpdate, purge, bindingDelete, dupBefore, msgInsertHead string
-	dupInsertHead, msgDeleteHead, updateJoinHead                          string
+	dupInsertHead, msgDeleteHead, updateJoinHead, msgLockHead             string
+	pageInsertHead, purgeLarge, purgeCounters, trimLarge, trim            string
+	counterDelete, counterAddHead, refAdd, refHeadsHead, refSet           string
+	chunksDeleteHead, chunkInsert, largeHead, largeDelete, sweepSelect    string
 }
 
 // New returns a Core. write should be limited as the dialect needs (one connection for
@@ -106,26 +127,44 @@ type queries struct {
 // Close closes all three.
 func New(d Dialect, write, read, lease *sql.DB, t migrations.Tables, migrate func(ctx context.Context) error) *Core {
 	b, m, n, dup := t.Bindings, t.Messages, t.NodeManager, t.DuplicateIDs
+	pg, cn, l := t.Pages, t.Counters, t.LargeMessages
 	return &Core{
 		d: d, write: write, read: read, lease: lease, t: t, migrate: migrate,
 		lq: newLeaseQueries(d, n),
+		r:  NewReads(t, Syntax{Param: Question, SumInt: d.SumInt}),
 		q: queries{
-			fence:          fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d%s", n, sqlstore.NodeRowFence, d.FenceLock),
-			epochGet:       fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d", n, sqlstore.NodeRowFence),
-			epochBump:      fmt.Sprintf("UPDATE %s SET epoch = epoch + 1 WHERE id = %d", n, sqlstore.NodeRowFence),
-			bindingList:    fmt.Sprintf("SELECT kind, name, target, config, created_at FROM %s ORDER BY kind, name, target", b),
-			scan:           fmt.Sprintf("SELECT queue, id, priority, deliver_at, expires_at, delivery_count, created_at, content_type, headers, body FROM %s WHERE queue = ? AND id > ? ORDER BY id LIMIT ?", m),
-			count:          fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE queue = ?", m),
-			dupGet:         fmt.Sprintf("SELECT message_id FROM %s WHERE queue = ? AND idem_key = ?", dup),
-			bindingPut:     fmt.Sprintf("INSERT INTO %s (kind, name, target, config, created_at) VALUES (?, ?, ?, ?, ?)%s", b, d.BindingUpsertSuffix),
-			msgUpdate:      fmt.Sprintf("UPDATE %s SET delivery_count = ?, deliver_at = ? WHERE queue = ? AND id = ?", m),
-			purge:          fmt.Sprintf("DELETE FROM %s WHERE queue = ?", m),
-			bindingDelete:  fmt.Sprintf("DELETE FROM %s WHERE kind = ? AND name = ? AND target = ?", b),
-			dupBefore:      fmt.Sprintf("DELETE FROM %s WHERE created_at < ?", dup),
-			msgInsertHead:  fmt.Sprintf("INSERT INTO %s (queue, id, priority, deliver_at, expires_at, delivery_count, created_at, content_type, headers, body) VALUES ", m),
-			dupInsertHead:  fmt.Sprintf("INSERT INTO %s (queue, idem_key, message_id, created_at) VALUES ", dup),
-			msgDeleteHead:  fmt.Sprintf("DELETE FROM %s WHERE (queue, id) IN (", m),
-			updateJoinHead: fmt.Sprintf("UPDATE %s AS m JOIN (", m),
+			fence:            fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d%s", n, sqlstore.NodeRowFence, d.FenceLock),
+			epochGet:         fmt.Sprintf("SELECT epoch FROM %s WHERE id = %d", n, sqlstore.NodeRowFence),
+			epochBump:        fmt.Sprintf("UPDATE %s SET epoch = epoch + 1 WHERE id = %d", n, sqlstore.NodeRowFence),
+			bindingList:      fmt.Sprintf("SELECT kind, name, target, config, created_at FROM %s ORDER BY kind, name, target", b),
+			count:            fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE queue = ?", m),
+			dupGet:           fmt.Sprintf("SELECT message_id FROM %s WHERE queue = ? AND idem_key = ?", dup),
+			bindingPut:       fmt.Sprintf("INSERT INTO %s (kind, name, target, config, created_at) VALUES (?, ?, ?, ?, ?)%s", b, d.BindingUpsertSuffix),
+			msgUpdate:        fmt.Sprintf("UPDATE %s SET delivery_count = ?, deliver_at = ? WHERE queue = ? AND id = ?", m),
+			purge:            fmt.Sprintf("DELETE FROM %s WHERE queue = ?", m),
+			bindingDelete:    fmt.Sprintf("DELETE FROM %s WHERE kind = ? AND name = ? AND target = ?", b),
+			dupBefore:        fmt.Sprintf("DELETE FROM %s WHERE created_at < ?", dup),
+			msgInsertHead:    fmt.Sprintf("INSERT INTO %s (%s) VALUES ", m, MessageColumns),
+			dupInsertHead:    fmt.Sprintf("INSERT INTO %s (queue, idem_key, message_id, created_at) VALUES ", dup),
+			msgDeleteHead:    fmt.Sprintf("DELETE FROM %s WHERE (queue, id) IN (", m),
+			updateJoinHead:   fmt.Sprintf("UPDATE %s AS m JOIN (", m),
+			msgLockHead:      fmt.Sprintf("SELECT queue, id, size, large FROM %s WHERE (queue, id) IN (", m),
+			pageInsertHead:   fmt.Sprintf("INSERT INTO %s (%s) VALUES ", pg, PageColumns),
+			purgeLarge:       fmt.Sprintf("SELECT id FROM %s WHERE queue = ? AND large <> 0%s", m, d.ForUpdate),
+			purgeCounters:    fmt.Sprintf("DELETE FROM %s WHERE kind = '%s' AND name = ?", cn, sqlstore.CounterQueue),
+			trimLarge:        fmt.Sprintf("SELECT id FROM %s WHERE address = ? AND id <= ? AND large <> 0%s", pg, d.ForUpdate),
+			trim:             fmt.Sprintf("DELETE FROM %s WHERE address = ? AND id <= ?", pg),
+			counterDelete:    fmt.Sprintf("DELETE FROM %s WHERE kind = ? AND name = ?", cn),
+			counterAddHead:   fmt.Sprintf("INSERT INTO %s (kind, name, slot, messages, bytes) VALUES ", cn),
+			refAdd:           fmt.Sprintf("UPDATE %s SET refs = refs + ? WHERE message_id = ? AND chunk_no = 0", l),
+			refHeadsHead:     fmt.Sprintf("SELECT message_id, refs FROM %s WHERE chunk_no = 0 AND message_id IN (", l),
+			refSet:           fmt.Sprintf("UPDATE %s SET refs = ? WHERE message_id = ? AND chunk_no = 0", l),
+			chunksDeleteHead: fmt.Sprintf("DELETE FROM %s WHERE message_id IN (", l),
+			chunkInsert:      fmt.Sprintf("INSERT INTO %s (message_id, chunk_no, data, refs) VALUES (?, ?, ?, 0)", l),
+			largeHead:        fmt.Sprintf("SELECT refs FROM %s WHERE message_id = ? AND chunk_no = 0%s", l, d.ForUpdate),
+			largeDelete:      fmt.Sprintf("DELETE FROM %s WHERE message_id = ?", l),
+			sweepSelect: fmt.Sprintf("SELECT message_id FROM %s WHERE chunk_no = 0 AND refs <= 0 AND message_id < ? ORDER BY message_id LIMIT ?%s",
+				l, d.ForUpdate),
 		},
 	}
 }
@@ -271,26 +310,42 @@ func (c *Core) BatchCommit(ctx context.Context, p *sqlstore.BatchCommitParams) e
 	if b == nil {
 		b = &sqlstore.Batch{}
 	}
+	if err := CheckSlot(p.Slot); err != nil {
+		return fmt.Errorf("%s: batch commit: %w", c.d.Name, err)
+	}
+	return c.fenced(ctx, "batch commit", p.Epoch, func(tx *sql.Tx) error { return c.apply(ctx, tx, b, p.Slot) })
+}
+
+// fenced runs fn in a write transaction after the fence check: the epoch row read under
+// a share lock must hold epoch, or the transaction ends with ErrFenced, writing nothing.
+func (c *Core) fenced(ctx context.Context, op string, epoch int64, fn func(tx *sql.Tx) error) error {
 	err := c.inTx(ctx, func(tx *sql.Tx) error {
-		var epoch int64
-		if err := tx.QueryRowContext(ctx, c.q.fence).Scan(&epoch); err != nil {
+		var cur int64
+		if err := tx.QueryRowContext(ctx, c.q.fence).Scan(&cur); err != nil {
 			return fmt.Errorf("read fencing epoch: %w", err)
 		}
-		if epoch != p.Epoch {
-			return fmt.Errorf("epoch in store is %d, writer holds %d: %w", epoch, p.Epoch, sqlstore.ErrFenced)
+		if cur != epoch {
+			return fmt.Errorf("epoch in store is %d, writer holds %d: %w", cur, epoch, sqlstore.ErrFenced)
 		}
-		return c.apply(ctx, tx, b)
+		return fn(tx)
 	})
 	if err != nil {
 		if errors.Is(err, sqlstore.ErrFenced) {
-			return fmt.Errorf("%s: batch commit: %w", c.d.Name, err)
+			return fmt.Errorf("%s: %s: %w", c.d.Name, op, err)
 		}
-		return c.wrap("batch commit", err)
+		return c.wrap(op, err)
 	}
 	return nil
 }
 
-func (c *Core) apply(ctx context.Context, tx *sql.Tx, b *sqlstore.Batch) error {
+// apply writes the parts of b in the order documented on sqlstore.Batch. Counter
+// changes are gathered on the way (inserts from the batch, deletes from the rows
+// actually deleted) and written once at the end, on slot; a queue purge or counter
+// delete drops what was gathered for its counters, as applying it first and deleting
+// the row after would. Chunk references are added right after the inserts (so that a
+// row inserted and deleted in one batch never takes a message's count to zero early)
+// and dropped once after the deletes.
+func (c *Core) apply(ctx context.Context, tx *sql.Tx, b *sqlstore.Batch, slot int) error {
 	if len(b.BindingPuts) > 0 {
 		if err := eachPrepared(ctx, tx, c.q.bindingPut, len(b.BindingPuts), func(i int) []any {
 			r := &b.BindingPuts[i]
@@ -306,19 +361,39 @@ func (c *Core) apply(ctx context.Context, tx *sql.Tx, b *sqlstore.Batch) error {
 	if err := c.insertMessages(ctx, tx, b.MessageInserts); err != nil {
 		return fmt.Errorf("insert messages: %w", err)
 	}
+	if err := c.insertPages(ctx, tx, b.PageInserts); err != nil {
+		return fmt.Errorf("insert page rows: %w", err)
+	}
+	deltas, adds := InsertEffects(b)
+	if err := c.addRefs(ctx, tx, adds); err != nil {
+		return fmt.Errorf("add large message references: %w", err)
+	}
 	if err := c.insertDuplicates(ctx, tx, b.DuplicateInserts); err != nil {
 		return fmt.Errorf("insert duplicate ids: %w", err)
 	}
 	if err := c.updateMessages(ctx, tx, b.MessageUpdates); err != nil {
 		return fmt.Errorf("update messages: %w", err)
 	}
-	if err := c.deleteMessages(ctx, tx, b.MessageDeletes); err != nil {
+	drops := Refs{}
+	if err := c.deleteMessages(ctx, tx, b.MessageDeletes, deltas, drops); err != nil {
 		return fmt.Errorf("delete messages: %w", err)
 	}
 	for _, q := range b.QueuePurges {
-		if _, err := tx.ExecContext(ctx, c.q.purge, q); err != nil {
+		if err := c.purgeQueue(ctx, tx, q, drops); err != nil {
 			return fmt.Errorf("purge queue %q: %w", q, err)
 		}
+		delete(deltas, sqlstore.CounterKey{Kind: sqlstore.CounterQueue, Name: q})
+	}
+	for _, tr := range b.PageTrims {
+		if err := c.lockedIDs(ctx, tx, c.q.trimLarge, drops, tr.Log, tr.UpTo); err != nil {
+			return fmt.Errorf("trim page log %q: %w", tr.Log, err)
+		}
+		if _, err := tx.ExecContext(ctx, c.q.trim, tr.Log, tr.UpTo); err != nil {
+			return fmt.Errorf("trim page log %q: %w", tr.Log, err)
+		}
+	}
+	if err := c.dropRefs(ctx, tx, drops); err != nil {
+		return fmt.Errorf("drop large message references: %w", err)
 	}
 	if len(b.BindingDeletes) > 0 {
 		if err := eachPrepared(ctx, tx, c.q.bindingDelete, len(b.BindingDeletes), func(i int) []any {
@@ -328,12 +403,167 @@ func (c *Core) apply(ctx context.Context, tx *sql.Tx, b *sqlstore.Batch) error {
 			return fmt.Errorf("delete bindings: %w", err)
 		}
 	}
+	if len(b.CounterDeletes) > 0 {
+		if err := eachPrepared(ctx, tx, c.q.counterDelete, len(b.CounterDeletes), func(i int) []any {
+			k := &b.CounterDeletes[i]
+			return []any{k.Kind, k.Name}
+		}); err != nil {
+			return fmt.Errorf("delete counters: %w", err)
+		}
+		for _, k := range b.CounterDeletes {
+			delete(deltas, k)
+		}
+	}
+	if err := c.addCounters(ctx, tx, deltas.Sorted(), slot); err != nil {
+		return fmt.Errorf("update counters: %w", err)
+	}
 	if b.DuplicatesBefore > 0 {
 		if _, err := tx.ExecContext(ctx, c.q.dupBefore, b.DuplicatesBefore); err != nil {
 			return fmt.Errorf("expire duplicate ids: %w", err)
 		}
 	}
 	return nil
+}
+
+// purgeQueue deletes every message of queue q and its counter rows, noting the
+// references its large messages drop.
+func (c *Core) purgeQueue(ctx context.Context, tx *sql.Tx, q string, drops Refs) error {
+	if err := c.lockedIDs(ctx, tx, c.q.purgeLarge, drops, q); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, c.q.purge, q); err != nil {
+		return err
+	}
+	_, err := tx.ExecContext(ctx, c.q.purgeCounters, q)
+	return err
+}
+
+// lockedIDs runs query (a locking read of the large rows a delete is about to remove)
+// and counts one dropped reference for each ID it returns.
+func (c *Core) lockedIDs(ctx context.Context, tx *sql.Tx, query string, drops Refs, args ...any) error {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return err
+		}
+		drops[id]++
+	}
+	return rows.Err()
+}
+
+// addRefs adds references to the chunk 0 of large messages; a message without chunks
+// fails the batch.
+func (c *Core) addRefs(ctx context.Context, tx *sql.Tx, adds Refs) error {
+	if len(adds) == 0 {
+		return nil
+	}
+	var missing []string
+	st, err := tx.PrepareContext(ctx, c.q.refAdd)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for _, r := range adds.Sorted() {
+		res, err := st.ExecContext(ctx, r.N, r.ID)
+		if err != nil {
+			return err
+		}
+		// MySQL reports matched rows (clientFoundRows), SQLite changed rows: the same here.
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			missing = append(missing, fmt.Sprint(r.ID))
+		}
+	}
+	if len(missing) > 0 {
+		return MissingChunks(strings.Join(missing, ","))
+	}
+	return nil
+}
+
+// dropRefs removes references from the chunk 0 of large messages, and deletes every
+// chunk of a message whose last reference goes. A message whose chunk 0 does not exist
+// is left alone.
+func (c *Core) dropRefs(ctx context.Context, tx *sql.Tx, drops Refs) error {
+	if len(drops) == 0 {
+		return nil
+	}
+	all := drops.Sorted()
+	var gone []any
+	for _, ch := range c.chunks(len(all), 1, func(int) int { return 8 }) {
+		part := all[ch[0]:ch[1]]
+		args := make([]any, len(part))
+		for i, r := range part {
+			args[i] = r.ID
+		}
+		rows, err := tx.QueryContext(ctx, c.q.refHeadsHead+marks(len(part))+")"+c.d.ForUpdate, args...)
+		if err != nil {
+			return err
+		}
+		heads := map[int64]int64{}
+		for rows.Next() {
+			var id, refs int64
+			if err := rows.Scan(&id, &refs); err != nil {
+				rows.Close()
+				return err
+			}
+			heads[id] = refs
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, r := range part {
+			refs, ok := heads[r.ID]
+			switch {
+			case !ok:
+			case refs-r.N > 0:
+				if _, err := tx.ExecContext(ctx, c.q.refSet, refs-r.N, r.ID); err != nil {
+					return err
+				}
+			default:
+				gone = append(gone, r.ID)
+			}
+		}
+	}
+	return c.deleteChunks(ctx, tx, gone)
+}
+
+// deleteChunks deletes every chunk of the messages ids.
+func (c *Core) deleteChunks(ctx context.Context, tx *sql.Tx, ids []any) error {
+	for _, ch := range c.chunks(len(ids), 1, func(int) int { return 8 }) {
+		part := ids[ch[0]:ch[1]]
+		if _, err := tx.ExecContext(ctx, c.q.chunksDeleteHead+marks(len(part))+")", part...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addCounters adds ds to the counter rows of slot.
+func (c *Core) addCounters(ctx context.Context, tx *sql.Tx, ds []CounterDelta, slot int) error {
+	const cols = 5
+	for _, ch := range c.chunks(len(ds), cols, func(int) int { return 64 }) {
+		rows := ds[ch[0]:ch[1]]
+		args := make([]any, 0, len(rows)*cols)
+		for _, d := range rows {
+			args = append(args, d.Kind, d.Name, slot, d.Messages, d.Bytes)
+		}
+		if _, err := tx.ExecContext(ctx, c.q.counterAddHead+valuesList(len(rows), cols)+c.d.CounterUpsertSuffix, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// marks renders n comma-separated placeholders.
+func marks(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
 }
 
 // eachPrepared runs one prepared statement n times.
@@ -390,7 +620,7 @@ func valuesList(n, cols int) string {
 }
 
 func (c *Core) insertMessages(ctx context.Context, tx *sql.Tx, ms []sqlstore.Message) error {
-	const cols = 10
+	const cols = 12
 	for _, ch := range c.chunks(len(ms), cols, func(i int) int { return len(ms[i].Body) + len(ms[i].ContentType) + 64 }) {
 		rows := ms[ch[0]:ch[1]]
 		args := make([]any, 0, len(rows)*cols)
@@ -401,9 +631,30 @@ func (c *Core) insertMessages(ctx context.Context, tx *sql.Tx, ms []sqlstore.Mes
 				body = []byte{}
 			}
 			args = append(args, m.Queue, m.ID, m.Priority, m.DeliverAt, m.ExpiresAt, m.DeliveryCount,
-				m.CreatedAt, m.ContentType, sqlstore.EncodeHeaders(m.Headers), body)
+				m.CreatedAt, m.ContentType, sqlstore.EncodeHeaders(m.Headers), body, MessageSize(m), Flag(m.Large))
 		}
 		if _, err := tx.ExecContext(ctx, c.q.msgInsertHead+valuesList(len(rows), cols), args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Core) insertPages(ctx context.Context, tx *sql.Tx, ps []sqlstore.PageRow) error {
+	const cols = 11
+	for _, ch := range c.chunks(len(ps), cols, func(i int) int { return len(ps[i].Body) + len(ps[i].ContentType) + 64 }) {
+		rows := ps[ch[0]:ch[1]]
+		args := make([]any, 0, len(rows)*cols)
+		for i := range rows {
+			p := &rows[i]
+			body := p.Body
+			if body == nil {
+				body = []byte{}
+			}
+			args = append(args, p.Log, p.ID, p.Priority, p.DeliverAt, p.ExpiresAt, p.CreatedAt, p.ContentType,
+				sqlstore.EncodeHeaders(p.Headers), body, PageSize(p), Flag(p.Large))
+		}
+		if _, err := tx.ExecContext(ctx, c.q.pageInsertHead+valuesList(len(rows), cols), args...); err != nil {
 			return err
 		}
 	}
@@ -494,7 +745,11 @@ func BindingPutKey(b sqlstore.Binding) sqlstore.BindingKey {
 	return sqlstore.BindingKey{Kind: b.Kind, Name: b.Name, Target: b.Target}
 }
 
-func (c *Core) deleteMessages(ctx context.Context, tx *sql.Tx, ks []sqlstore.MessageKey) error {
+// deleteMessages deletes the messages of ks that exist: it reads them first under a
+// lock (MySQL has no DELETE ... RETURNING), then deletes exactly the rows it read, and
+// takes their sizes off the counters and their references off the chunks of large
+// ones.
+func (c *Core) deleteMessages(ctx context.Context, tx *sql.Tx, ks []sqlstore.MessageKey, deltas Deltas, drops Refs) error {
 	const cols = 2
 	for _, ch := range c.chunks(len(ks), cols, func(int) int { return 32 }) {
 		rows := ks[ch[0]:ch[1]]
@@ -502,7 +757,32 @@ func (c *Core) deleteMessages(ctx context.Context, tx *sql.Tx, ks []sqlstore.Mes
 		for i := range rows {
 			args = append(args, rows[i].Queue, rows[i].ID)
 		}
-		if _, err := tx.ExecContext(ctx, c.q.msgDeleteHead+c.d.RowIn(len(rows))+")", args...); err != nil {
+		found, err := tx.QueryContext(ctx, c.q.msgLockHead+c.d.RowIn(len(rows))+")"+c.d.ForUpdate, args...)
+		if err != nil {
+			return err
+		}
+		args = args[:0]
+		for found.Next() {
+			var q string
+			var id, size, large int64
+			if err := found.Scan(&q, &id, &size, &large); err != nil {
+				found.Close()
+				return err
+			}
+			args = append(args, q, id)
+			deltas.Add(sqlstore.CounterQueue, q, -1, -size)
+			if large != 0 {
+				drops[id]++
+			}
+		}
+		found.Close()
+		if err := found.Err(); err != nil {
+			return err
+		}
+		if len(args) == 0 {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, c.q.msgDeleteHead+c.d.RowIn(len(args)/cols)+")", args...); err != nil {
 			return err
 		}
 	}
@@ -546,7 +826,11 @@ func (c *Core) MessageScan(ctx context.Context, p *sqlstore.MessageScanParams) (
 	if limit <= 0 {
 		limit = ScanLimitDefault
 	}
-	rows, err := c.read.QueryContext(ctx, c.q.scan, p.Queue, p.AfterID, limit)
+	query, args, err := c.r.Scan(p, limit)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s: %w", c.d.Name, op, err)
+	}
+	rows, err := c.read.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, c.wrap(op, err)
 	}
@@ -565,19 +849,20 @@ type Rows interface {
 	Err() error
 }
 
-// ScanMessages reads message rows selected in the column order of the scan statements
-// (queue, id, priority, deliver_at, expires_at, delivery_count, created_at,
-// content_type, headers, body). Every dialect uses it, so all return the same values:
-// a non-nil empty body for an empty one, and decoded headers.
+// ScanMessages reads message rows selected in the order of MessageColumns. Every
+// dialect uses it, so all return the same values: a non-nil empty body for an empty
+// one, and decoded headers.
 func ScanMessages(rows Rows, capHint int) ([]sqlstore.Message, error) {
 	out := make([]sqlstore.Message, 0, capHint)
 	for rows.Next() {
 		var m sqlstore.Message
 		var headers string
+		var large int64
 		if err := rows.Scan(&m.Queue, &m.ID, &m.Priority, &m.DeliverAt, &m.ExpiresAt, &m.DeliveryCount,
-			&m.CreatedAt, &m.ContentType, &headers, &m.Body); err != nil {
+			&m.CreatedAt, &m.ContentType, &headers, &m.Body, &m.Size, &large); err != nil {
 			return nil, err
 		}
+		m.Large = large != 0
 		if m.Body == nil {
 			m.Body = []byte{}
 		}
