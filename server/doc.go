@@ -183,7 +183,8 @@
 // max_deliveries: when a message would become deliverable again (nack, lease end, or
 // found in the window) with a delivery count >= MaxDeliveries, it moves to the queue's
 // dead_letter_queue (created with default settings if missing) in one batch: a new row
-// there (a new id, delivery count 0, no TTL, headers HeaderDeadLetterFrom and
+// there (a new id, or the same id for a large message so that it names the same chunks;
+// delivery count 0, no TTL, headers HeaderDeadLetterFrom and
 // HeaderDeadLetterOriginalID added) and the delete here. Without a dead-letter queue
 // it is deleted, logged and counted. If the write fails the message stays and is tried
 // again when next deliverable.

@@ -209,6 +209,7 @@ type queue struct {
 
 	index    map[int64]*msg // every message in memory
 	memBytes int64          // footprint of the messages in index
+	rowFoot  int64          // mean footprint of the rows the last refill read; 0: none yet
 	ready    readyHeap
 	delayed  delayHeap
 	leases   leaseHeap
@@ -475,9 +476,14 @@ func (q *queue) pageOutLocked() {
 // the queue's messages are big, so that a refill stays within Config.WindowBytes.
 func (q *queue) refillLimitLocked() int {
 	limit := q.l.cfg.WindowSize
-	if q.msgs > 0 && q.bytes > 0 {
-		avg := q.bytes/q.msgs + 160
-		if n := q.windowBytes() / avg; n < int64(limit) {
+	foot := q.rowFoot
+	if foot == 0 && q.msgs > 0 && q.bytes > 0 {
+		// Before the first read: the mean size from the counters. Large messages count
+		// at most the threshold: their bodies are not in memory.
+		foot = min(q.bytes/q.msgs, q.l.cfg.LargeMessageThreshold) + 160
+	}
+	if foot > 0 {
+		if n := q.windowBytes() / foot; n < int64(limit) {
 			limit = max(int(n), 1)
 		}
 	}
@@ -518,8 +524,10 @@ func (q *queue) refillLocked(ctx context.Context, ln int) error {
 		return nil
 	}
 	nowMs := q.l.now().UnixMilli()
+	var foot int64
 	for i := range rows {
 		r := &rows[i]
+		foot += int64(len(r.Body)+len(r.ContentType)) + 160
 		k := sqlstore.ScanKey{DeliverAt: r.DeliverAt, Priority: r.Priority, ID: r.ID}
 		if !st.started || cmpKey(ln, k, st.cursor) > 0 {
 			st.cursor, st.started = k, true
@@ -534,6 +542,9 @@ func (q *queue) refillLocked(ctx context.Context, ln int) error {
 			continue
 		}
 		q.addLocked(msgFromRow(r), nowMs)
+	}
+	if len(rows) > 0 {
+		q.rowFoot = foot / int64(len(rows))
 	}
 	if len(rows) < p.Limit {
 		st.exhausted = true

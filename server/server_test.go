@@ -697,7 +697,7 @@ func TestPurgeAndDelete(t *testing.T) {
 
 func TestQueueCreateAndStats(t *testing.T) {
 	t.Parallel()
-	b := setup(t, server.Config{})
+	b := setup(t, server.Config{MaxMessageSize: 1 << 20}) // the default is 1 GiB: too big to allocate here
 	ctx := context.Background()
 	cfg := server.QueueConfig{MaxDeliveries: 3, Lease: time.Second, TTL: time.Hour}
 	created, err := b.srv.QueueCreate(ctx, "q", cfg)
@@ -753,7 +753,7 @@ func TestQueueCreateAndStats(t *testing.T) {
 	require.Equal(t, cfg, list[0].Config)
 
 	// Publish validation is per message.
-	big := make([]byte, server.MaxMessageSizeDefault+1)
+	big := make([]byte, 1<<20+1)
 	prio := 10
 	res, err := srv.PublishQueue(ctx, "q", []server.Message{
 		{Body: big}, {Body: []byte("ok")}, {Priority: &prio}, {Delay: -time.Second},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,13 +28,27 @@ func TestMain(m *testing.M) {
 type fakeDriver struct {
 	mu      sync.Mutex
 	commits []*Batch
+	slots   []int // the slot of each commit in commits
 	epoch   int64
 	fail    func(b *Batch) error
 	gate    chan struct{}
 	entered chan struct{}
+	dialect string // "" is "fake"
+	// inFlight holds the slots of the commits under way; maxInFlight is the most seen
+	// at once; alongside lists, per commit in commits, how many others were in flight
+	// when it began; overlap notes two commits in flight on one slot.
+	inFlight    map[int]bool
+	maxInFlight int
+	alongside   []int
+	overlap     bool
 }
 
-func (f *fakeDriver) Dialect() string                                { return "fake" }
+func (f *fakeDriver) Dialect() string {
+	if f.dialect != "" {
+		return f.dialect
+	}
+	return "fake"
+}
 func (f *fakeDriver) Tables() migrations.Tables                      { return migrations.Tables{}.WithDefaults() }
 func (f *fakeDriver) Migrate(context.Context) error                  { return nil }
 func (f *fakeDriver) EpochGet(context.Context) (int64, error)        { return f.epoch, nil }
@@ -65,6 +80,15 @@ func (f *fakeDriver) LeaseWithdraw(context.Context, string) error { return errFa
 
 func (f *fakeDriver) BatchCommit(ctx context.Context, p *BatchCommitParams) error {
 	f.mu.Lock()
+	if f.inFlight == nil {
+		f.inFlight = map[int]bool{}
+	}
+	if f.inFlight[p.Slot] {
+		f.overlap = true
+	}
+	others := len(f.inFlight)
+	f.inFlight[p.Slot] = true
+	f.maxInFlight = max(f.maxInFlight, len(f.inFlight))
 	gate, entered := f.gate, f.entered
 	f.mu.Unlock()
 	if gate != nil {
@@ -76,6 +100,7 @@ func (f *fakeDriver) BatchCommit(ctx context.Context, p *BatchCommitParams) erro
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	delete(f.inFlight, p.Slot)
 	if p.Epoch != f.epoch {
 		return fmt.Errorf("fake: %w", ErrFenced)
 	}
@@ -85,6 +110,8 @@ func (f *fakeDriver) BatchCommit(ctx context.Context, p *BatchCommitParams) erro
 		}
 	}
 	f.commits = append(f.commits, p.Batch)
+	f.slots = append(f.slots, p.Slot)
+	f.alongside = append(f.alongside, others)
 	return nil
 }
 
@@ -93,7 +120,7 @@ func (f *fakeDriver) block() (entered <-chan struct{}, release func()) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gate = make(chan struct{})
-	f.entered = make(chan struct{}, 1)
+	f.entered = make(chan struct{}, 64)
 	gate := f.gate
 	return f.entered, func() {
 		f.mu.Lock()
@@ -357,4 +384,301 @@ func (f *fakeDriver) LargeScan(context.Context, *LargeScanParams) ([][]byte, err
 func (f *fakeDriver) LargeDelete(context.Context, int64, int64) error { return nil }
 func (f *fakeDriver) LargeSweep(context.Context, *LargeSweepParams) (int64, error) {
 	return 0, nil
+}
+
+// enter waits until n more commits have begun (after block).
+func enter(t *testing.T, entered <-chan struct{}, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a commit never started")
+		}
+	}
+}
+
+// ids returns the message IDs a commit inserted.
+func ids(b *Batch) []int64 {
+	out := make([]int64, len(b.MessageInserts))
+	for i, m := range b.MessageInserts {
+		out[i] = m.ID
+	}
+	return out
+}
+
+func TestWriterDefaultLanes(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		dialect string
+		cfg     int
+		want    int
+	}{
+		{"postgres", 0, LanesDefault},
+		{"mysql", 0, LanesDefault},
+		{"sqlite", 0, 1},
+		{"", 0, 1},
+		{"sqlite", 3, 3},
+		{"postgres", 1, 1},
+		{"postgres", 1000, LanesMax},
+	} {
+		w := NewWriter(&fakeDriver{epoch: 1, dialect: tt.dialect}, 1, WriterConfig{Lanes: tt.cfg})
+		require.Equal(t, tt.want, w.Lanes(), "dialect %q, Lanes %d", tt.dialect, tt.cfg)
+	}
+}
+
+// With several lanes, a request that arrives while a commit is in flight starts its
+// own transaction at once, on another slot; once every lane is busy, requests queue
+// and merge.
+func TestWriterLanesCommitConcurrently(t *testing.T) {
+	t.Parallel()
+	b := setupWriter(t, WriterConfig{Lanes: 3})
+	entered, release := b.drv.block()
+	r0 := b.writeAsync(one(0))
+	enter(t, entered, 1)
+	r1 := b.writeAsync(one(1))
+	enter(t, entered, 1)
+	r2 := b.writeAsync(one(2))
+	enter(t, entered, 1)
+	// Three transactions in flight: the next ones wait, queued, for a free lane.
+	var rest []<-chan error
+	for i := int64(3); i <= 8; i++ {
+		rest = append(rest, b.writeAsync(one(i)))
+	}
+	b.queued(t, 6)
+	release()
+	for _, r := range append([]<-chan error{r0, r1, r2}, rest...) {
+		require.NoError(t, <-r)
+	}
+	b.drv.mu.Lock()
+	defer b.drv.mu.Unlock()
+	require.Equal(t, 3, b.drv.maxInFlight)
+	require.False(t, b.drv.overlap, "two commits in flight on one slot")
+	require.Len(t, b.drv.commits, 4, "the six queued requests merge into one commit")
+	total := 0
+	for i, c := range b.drv.commits {
+		require.GreaterOrEqual(t, b.drv.slots[i], 0)
+		require.Less(t, b.drv.slots[i], 3)
+		total += c.rows()
+	}
+	require.Equal(t, 9, total)
+	require.ElementsMatch(t, []int64{3, 4, 5, 6, 7, 8}, ids(b.drv.commits[3]))
+}
+
+// A barrier waits until every lane is idle, commits alone, and only then do the
+// requests queued after it start.
+func TestWriterLanesBarrierWaitsForEveryLane(t *testing.T) {
+	t.Parallel()
+	b := setupWriter(t, WriterConfig{Lanes: 4})
+	entered, release := b.drv.block()
+	r0 := b.writeAsync(one(0))
+	enter(t, entered, 1)
+	r1 := b.writeAsync(one(1))
+	enter(t, entered, 1)
+	purge := b.writeAsync(&Batch{QueuePurges: []string{"q"}})
+	b.queued(t, 0) // the dispatcher holds it, waiting for the two lanes in flight
+	after := b.writeAsync(one(2))
+	b.queued(t, 1)
+	after2 := b.writeAsync(one(3))
+	b.queued(t, 2)
+	select {
+	case <-entered:
+		t.Fatal("a commit began while two lanes were in flight before the barrier")
+	default:
+	}
+	release()
+	for _, r := range []<-chan error{r0, r1, purge, after, after2} {
+		require.NoError(t, <-r)
+	}
+	b.drv.mu.Lock()
+	defer b.drv.mu.Unlock()
+	require.Len(t, b.drv.commits, 4)
+	require.ElementsMatch(t, []int64{0, 1}, append(ids(b.drv.commits[0]), ids(b.drv.commits[1])...))
+	require.Equal(t, []string{"q"}, b.drv.commits[2].QueuePurges, "the barrier commits after every earlier request")
+	require.Equal(t, 0, b.drv.alongside[2], "the barrier commits alone")
+	require.Equal(t, []int64{2, 3}, ids(b.drv.commits[3]), "later requests wait for the barrier, then merge")
+	require.False(t, b.drv.overlap)
+}
+
+// A barrier that arrives while requests queued behind busy lanes still commits after
+// them, and a barrier queued behind another barrier follows it.
+func TestWriterLanesBarrierOrder(t *testing.T) {
+	t.Parallel()
+	b := setupWriter(t, WriterConfig{Lanes: 2})
+	entered, release := b.drv.block()
+	r0 := b.writeAsync(one(0))
+	enter(t, entered, 1)
+	r1 := b.writeAsync(one(1))
+	enter(t, entered, 1)
+	var rs []<-chan error
+	rs = append(rs, b.writeAsync(one(2)))
+	b.queued(t, 1)
+	rs = append(rs, b.writeAsync(&Batch{BindingDeletes: []BindingKey{{Kind: KindQueue, Name: "q"}}}))
+	b.queued(t, 2)
+	rs = append(rs, b.writeAsync(&Batch{PageTrims: []PageTrim{{Log: "q", UpTo: 5}}}))
+	b.queued(t, 3)
+	rs = append(rs, b.writeAsync(one(3)))
+	b.queued(t, 4)
+	release()
+	for _, r := range append([]<-chan error{r0, r1}, rs...) {
+		require.NoError(t, <-r)
+	}
+	b.drv.mu.Lock()
+	defer b.drv.mu.Unlock()
+	require.Len(t, b.drv.commits, 6)
+	require.ElementsMatch(t, []int64{0, 1, 2}, append(append(ids(b.drv.commits[0]), ids(b.drv.commits[1])...), ids(b.drv.commits[2])...))
+	require.Len(t, b.drv.commits[3].BindingDeletes, 1)
+	require.Equal(t, 0, b.drv.alongside[3])
+	require.Len(t, b.drv.commits[4].PageTrims, 1)
+	require.Equal(t, 0, b.drv.alongside[4])
+	require.Equal(t, []int64{3}, ids(b.drv.commits[5]))
+}
+
+// A failed merged batch is retried request by request on its lane while the other
+// lanes go on.
+func TestWriterLanesRetryOneByOne(t *testing.T) {
+	t.Parallel()
+	b := setupWriter(t, WriterConfig{Lanes: 2})
+	b.drv.fail = func(batch *Batch) error {
+		for _, m := range batch.MessageInserts {
+			if m.ID == 3 {
+				return fmt.Errorf("fake: %w", ErrConflict)
+			}
+		}
+		return nil
+	}
+	entered, release := b.drv.block()
+	r0 := b.writeAsync(one(0))
+	enter(t, entered, 1)
+	r1 := b.writeAsync(one(1))
+	enter(t, entered, 1)
+	results := map[int64]<-chan error{}
+	for i := int64(2); i <= 5; i++ {
+		results[i] = b.writeAsync(one(i))
+	}
+	b.queued(t, 4)
+	release()
+	require.NoError(t, <-r0)
+	require.NoError(t, <-r1)
+	for id, r := range results {
+		if id == 3 {
+			require.ErrorIs(t, <-r, ErrConflict)
+		} else {
+			require.NoError(t, <-r, "write %d", id)
+		}
+	}
+	require.Equal(t, []int{1, 1, 1, 1, 1}, b.drv.commitRows())
+}
+
+// Every lane in flight when the epoch moves on fails with ErrFenced; OnFenced is
+// called once, and later writes are refused without a commit.
+func TestWriterLanesFenced(t *testing.T) {
+	t.Parallel()
+	var fencedCalls atomic.Int64
+	b := setupWriter(t, WriterConfig{Lanes: 4, OnFenced: func() { fencedCalls.Add(1) }})
+	entered, release := b.drv.block()
+	var rs []<-chan error
+	for i := int64(0); i < 4; i++ {
+		rs = append(rs, b.writeAsync(one(i)))
+		enter(t, entered, 1)
+	}
+	for i := int64(4); i < 8; i++ {
+		rs = append(rs, b.writeAsync(one(i)))
+	}
+	b.queued(t, 4)
+	_, _ = b.drv.EpochBump(b.ctx)
+	release()
+	for _, r := range rs {
+		require.ErrorIs(t, <-r, ErrFenced)
+	}
+	require.True(t, b.w.Fenced())
+	require.Equal(t, int64(1), fencedCalls.Load())
+	require.ErrorIs(t, b.w.Write(b.ctx, one(9)), ErrFenced)
+	require.Empty(t, b.drv.commitRows())
+	b.w.SetEpoch(2)
+	require.NoError(t, b.w.Write(b.ctx, one(10)))
+	require.Equal(t, []int{1}, b.drv.commitRows())
+}
+
+// Stop commits what is queued and returns only once every lane has answered.
+func TestWriterLanesStopDrains(t *testing.T) {
+	t.Parallel()
+	b := setupWriter(t, WriterConfig{Lanes: 3, MaxBatchRows: 2})
+	entered, release := b.drv.block()
+	var rs []<-chan error
+	for i := int64(0); i < 3; i++ {
+		rs = append(rs, b.writeAsync(one(i)))
+		enter(t, entered, 1)
+	}
+	for i := int64(3); i < 10; i++ {
+		rs = append(rs, b.writeAsync(one(i)))
+	}
+	b.queued(t, 7)
+	stopped := make(chan struct{})
+	go func() {
+		b.w.Stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		t.Fatal("Stop returned while lanes were in flight")
+	case <-time.After(20 * time.Millisecond):
+	}
+	release()
+	<-stopped
+	for _, r := range rs {
+		require.NoError(t, <-r)
+	}
+	total := 0
+	for _, n := range b.drv.commitRows() {
+		require.LessOrEqual(t, n, 2)
+		total += n
+	}
+	require.Equal(t, 10, total)
+	b.drv.mu.Lock()
+	defer b.drv.mu.Unlock()
+	require.LessOrEqual(t, b.drv.maxInFlight, 3)
+	require.False(t, b.drv.overlap)
+}
+
+// Many writers on many lanes: every request is answered, no slot is used twice at
+// once, OnCommit sees every row.
+func TestWriterLanesStress(t *testing.T) {
+	t.Parallel()
+	var rows atomic.Int64
+	b := setupWriter(t, WriterConfig{Lanes: 8, MaxBatchRows: 7, OnCommit: func(n int, _ time.Duration, err error) {
+		if err == nil {
+			rows.Add(int64(n))
+		}
+	}})
+	const n = 2000
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var batch *Batch
+			if i%250 == 0 {
+				batch = &Batch{CounterDeletes: []CounterKey{{Kind: CounterQueue, Name: "x"}}}
+			} else {
+				batch = one(int64(i))
+			}
+			errs <- b.w.Write(b.ctx, batch)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Equal(t, int64(n), rows.Load())
+	b.drv.mu.Lock()
+	defer b.drv.mu.Unlock()
+	require.False(t, b.drv.overlap, "two commits in flight on one slot")
+	for i, c := range b.drv.commits {
+		if c.barrier() {
+			require.Equal(t, 0, b.drv.alongside[i], "a barrier committed beside another transaction")
+		}
+	}
 }
