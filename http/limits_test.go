@@ -1,17 +1,13 @@
 package httpapi
 
 import (
-	"context"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/tablemq/tablemq/internal/testdb"
-	"github.com/tablemq/tablemq/migrations"
 	"github.com/tablemq/tablemq/server"
-	"github.com/tablemq/tablemq/sqlstore/opener"
 )
 
 // TestRealLimits checks the size limits and full policies over HTTP on the real broker:
@@ -19,18 +15,8 @@ import (
 // with Retry-After, PAGE keeps answering 201 and shows the paged count.
 func TestRealLimits(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	drv, err := opener.Open(ctx, testdb.SQLite(t), opener.Options{Tables: migrations.Tables{}, Logger: testLogger(t)})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, drv.Close()) })
-	require.NoError(t, drv.Migrate(ctx))
-	epoch, err := drv.EpochBump(ctx)
-	require.NoError(t, err)
-	srv, err := server.New(drv, server.Config{NodeName: "limits", BlockTimeout: 100 * time.Millisecond, Logger: testLogger(t)})
-	require.NoError(t, err)
-	require.NoError(t, srv.Activate(ctx, epoch))
-	t.Cleanup(srv.Deactivate)
-	h := New(srv, Config{Logger: testLogger(t)})
+	h := realServer(t, server.Config{NodeName: "limits", BlockTimeout: 100 * time.Millisecond, Logger: testLogger(t)},
+		Config{Logger: testLogger(t)}).h
 
 	for name, policy := range map[string]string{"f": "FAIL", "d": "DROP", "b": "BLOCK", "p": "PAGE"} {
 		r := do(t, h, http.MethodPut, "/v1/queues/"+name, `{"max_size_bytes": 10, "address_full_policy": "`+policy+`"}`)

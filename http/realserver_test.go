@@ -24,6 +24,13 @@ func init() {
 
 func sqliteFactory(t *testing.T, cfg Config) *bundle {
 	t.Helper()
+	return realServer(t, server.Config{NodeName: "http-test", MaxMessageSize: cfg.MaxBodyBytes,
+		LargeMessageThreshold: cfg.LargeMessageThreshold, Logger: cfg.Logger}, cfg)
+}
+
+// realServer returns the API of a live broker core with scfg on a fresh SQLite store.
+func realServer(t *testing.T, scfg server.Config, cfg Config) *bundle {
+	t.Helper()
 	ctx := context.Background()
 	drv, err := opener.Open(ctx, testdb.SQLite(t), opener.Options{Tables: migrations.Tables{}, Logger: cfg.Logger})
 	require.NoError(t, err)
@@ -32,8 +39,7 @@ func sqliteFactory(t *testing.T, cfg Config) *bundle {
 	epoch, err := drv.EpochBump(ctx)
 	require.NoError(t, err)
 
-	srv, err := server.New(drv, server.Config{NodeName: "http-test", MaxMessageSize: cfg.MaxBodyBytes,
-		LargeMessageThreshold: cfg.LargeMessageThreshold, Logger: cfg.Logger})
+	srv, err := server.New(drv, scfg)
 	require.NoError(t, err)
 	require.NoError(t, srv.Activate(ctx, epoch))
 	t.Cleanup(srv.Deactivate) // runs before drv.Close (cleanups run last-in first-out)

@@ -345,14 +345,8 @@ func (l *live) trim(lg *pageLog, upTo int64) {
 // window is exhausted and messages wait in page logs; it releases mu for the I/O and
 // returns with it held. It shares the refill slot (scanning).
 func (q *queue) depageLocked(ctx context.Context) error {
-	if ch := q.scanning; ch != nil {
-		q.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-		}
-		q.mu.Lock()
-		return ctx.Err()
+	if q.scanning != nil {
+		return q.awaitScanLocked(ctx)
 	}
 	l := q.l
 	for _, c := range q.cursors {

@@ -494,14 +494,8 @@ func (q *queue) refillLimitLocked() int {
 // called with mu held, releases it for the read, and returns with it held. Only one
 // refill runs at a time; a caller finding one running waits for it instead.
 func (q *queue) refillLocked(ctx context.Context, ln int) error {
-	if ch := q.scanning; ch != nil {
-		q.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-		}
-		q.mu.Lock()
-		return ctx.Err()
+	if q.scanning != nil {
+		return q.awaitScanLocked(ctx)
 	}
 	ch := make(chan struct{})
 	q.scanning = ch
@@ -602,6 +596,18 @@ func (q *queue) fillLocked(ctx context.Context, want int) error {
 		}
 	}
 	return nil
+}
+
+// awaitScanLocked waits, with mu released, for the refill or depage under way to end.
+func (q *queue) awaitScanLocked(ctx context.Context) error {
+	ch := q.scanning
+	q.mu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+	q.mu.Lock()
+	return ctx.Err()
 }
 
 // settleLateLocked decides, once a refill or depage ended, where the messages
