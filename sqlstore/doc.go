@@ -13,13 +13,13 @@
 // WriterConfig.MaxBatchRows rows and MaxBatchBytes bytes), merges it into one Batch and
 // hands it to one of WriterConfig.Lanes lanes, which commits it in one transaction
 // through Driver.BatchCommit on the lane's counter slot, then answers every waiter.
-// Up to Lanes transactions are in flight at once (one on SQLite, which serialises
-// writes anyway); while every lane is busy new requests queue up, so batches grow with
-// load and an idle writer commits a lone request at once; WriterConfig.SyncPeriod
-// optionally waits a little longer to fill a batch. A request is answered only after
-// its transaction committed (or failed), never before. Batches that must not be
-// reordered (purges, binding deletes, page trims, counter deletes) wait for every lane
-// to be idle and commit alone.
+// Up to Lanes transactions are in flight at once (PostgreSQL only; one elsewhere, see
+// DialectMaxLanes; the default is one); while every lane is busy new requests queue
+// up, so batches grow with load and an idle writer commits a lone request at once;
+// WriterConfig.SyncPeriod optionally waits a little longer to fill a batch. A request
+// is answered only after its transaction committed (or failed), never before. Batches
+// that must not be reordered (purges, binding deletes, page trims, counter deletes)
+// wait for every lane to be idle and commit alone.
 //
 // # Fencing
 //

@@ -15,26 +15,42 @@ const (
 	MaxBatchRowsDefault  = 2000
 	MaxBatchBytesDefault = 16 << 20
 	CommitTimeoutDefault = 30 * time.Second
-	// LanesDefault is the number of transactions a Writer keeps in flight at once on
-	// PostgreSQL and MySQL (see DefaultLanes). Measured (2026-11-22, PostgreSQL 15,
-	// 2 vCPU, see BENCHMARKS.md): requests that arrive while one commit waits for its
-	// WAL flush start the next transaction at once, and the database flushes the
-	// commits of several connections together.
-	LanesDefault = 4
+	// LanesDefault is the number of transactions a Writer keeps in flight at once when
+	// WriterConfig.Lanes is 0. Measured (2026-11-22, PostgreSQL 15 on the same 2 vCPU
+	// as the broker and the load generator, see BENCHMARKS.md): 4 lanes did not raise
+	// throughput there (the machine is CPU-bound, and a group commit already shares
+	// one WAL flush among all its requests), so the default stays at one transaction
+	// at a time. More lanes are for a database whose commits wait on something other
+	// than this machine's CPU (a remote server, a slow disk).
+	LanesDefault = 1
 	// LanesMax is the largest number of lanes: each lane commits on a counter slot of
 	// its own (0..SlotMax).
 	LanesMax = SlotMax + 1
+	// LaneMinRowsDefault is the smallest batch for which the writer opens another
+	// transaction while one is in flight. Smaller batches wait for a lane to finish
+	// and grow meanwhile: every transaction costs the database a fixed amount of work
+	// (the fence, the counters, the commit record), and a group commit shares one WAL
+	// flush among all its requests anyway. Measured on 2 vCPU (see BENCHMARKS.md):
+	// without this rule, parallel transactions of a few one-message publishes each
+	// lowered throughput by a quarter or more; batches of 100 messages did about as
+	// well as one lane, or a little better.
+	LaneMinRowsDefault = 64
 )
 
-// DefaultLanes returns the number of lanes a Writer uses on a dialect when
-// WriterConfig.Lanes is 0: LanesDefault on "postgres" and "mysql", 1 elsewhere (SQLite
-// serialises write transactions anyway).
-func DefaultLanes(dialect string) int {
+// DialectMaxLanes returns the most lanes a Writer uses on a dialect. SQLite writes one
+// transaction at a time anyway: 1. MySQL/MariaDB: 1 for now. Its batch deletes lock the
+// rows they delete with a locking read (MySQL has no DELETE ... RETURNING), and on a
+// nearly empty messages table (the steady state of a broker that keeps up) InnoDB
+// plans that read as a scan of the whole primary key, which waits for the rows other
+// transactions inserted: concurrent lanes deadlock (1213) often enough to exhaust the
+// driver's retries (storetest WriterLanesConcurrent). PostgreSQL locks only the rows a
+// statement really deletes: LanesMax.
+func DialectMaxLanes(dialect string) int {
 	switch dialect {
-	case "postgres", "mysql":
-		return LanesDefault
+	case "sqlite", "mysql":
+		return 1
 	}
-	return 1
+	return LanesMax
 }
 
 // WriterConfig configures a Writer. Zero values mean the defaults.
@@ -50,9 +66,14 @@ type WriterConfig struct {
 	// CommitTimeout bounds one transaction.
 	CommitTimeout time.Duration
 	// Lanes (writer-lanes) is the number of merged transactions in flight at once,
-	// each on a connection and a counter slot of its own. 0 means DefaultLanes of the
-	// driver's dialect; values above LanesMax mean LanesMax.
+	// each on a connection and a counter slot of its own. 0 means LanesDefault; values
+	// above DialectMaxLanes of the driver's dialect mean that (with a warning).
 	Lanes int
+	// LaneMinRows is the smallest batch (in rows) that starts a transaction while
+	// another is in flight; a smaller one waits for a lane to finish, taking in the
+	// requests that arrive meanwhile. 0 means LaneMinRowsDefault; 1 starts every
+	// batch at once on a free lane.
+	LaneMinRows int
 	// Logger receives the writer's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// OnFenced, if set, is called once (from a writer goroutine) when a commit fails
@@ -75,6 +96,9 @@ func (c WriterConfig) WithDefaults() WriterConfig {
 	if c.CommitTimeout <= 0 {
 		c.CommitTimeout = CommitTimeoutDefault
 	}
+	if c.LaneMinRows <= 0 {
+		c.LaneMinRows = LaneMinRowsDefault
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -90,7 +114,8 @@ type writeRequest struct {
 // pending requests: it merges queued requests into one Batch and hands it to a free
 // lane, which commits it in one fenced transaction on the lane's counter slot, while
 // the dispatcher goes on to the next batch. Up to Lanes transactions are in flight at
-// once; requests queue (and merge) while every lane is busy. A barrier batch (one that
+// once; requests queue (and merge) while every lane is busy, and a batch smaller than
+// LaneMinRows waits (and grows) while any lane is busy. A barrier batch (one that
 // must not be reordered with others: purges, binding deletes, page trims, counter
 // deletes) waits until every lane is idle and commits alone before any later request
 // starts, so it is ordered after every request queued before it and before every
@@ -105,6 +130,10 @@ type Writer struct {
 	// free holds the counter slots of the idle lanes: taking one starts a lane,
 	// putting it back ends it. Holding all of them means no transaction is in flight.
 	free chan int
+	// busy counts the lanes in flight; each sends on finished (without blocking) when
+	// it ends, for grow.
+	busy     atomic.Int32
+	finished chan struct{}
 
 	epoch  atomic.Int64
 	fenced atomic.Bool
@@ -121,16 +150,21 @@ type Writer struct {
 func NewWriter(drv Driver, epoch int64, cfg WriterConfig) *Writer {
 	cfg = cfg.WithDefaults()
 	if cfg.Lanes <= 0 {
-		cfg.Lanes = DefaultLanes(drv.Dialect())
+		cfg.Lanes = LanesDefault
 	}
-	cfg.Lanes = min(cfg.Lanes, LanesMax)
+	if most := DialectMaxLanes(drv.Dialect()); cfg.Lanes > most {
+		cfg.Logger.Warn("writer: fewer lanes than asked on this database", "dialect", drv.Dialect(), "asked", cfg.Lanes, "lanes", most)
+		cfg.Lanes = most
+	}
 	w := &Writer{
 		drv:  drv,
 		cfg:  cfg,
 		reqs: make(chan *writeRequest, 4096),
 		free: make(chan int, cfg.Lanes),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		// finished is buffered so that a lane never waits on it.
+		finished: make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	for slot := range cfg.Lanes {
 		w.free <- slot
@@ -242,8 +276,17 @@ func (w *Writer) run() {
 		}
 		batch := []*writeRequest{first}
 		carry = w.fill(&batch)
+		if carry == nil {
+			carry = w.grow(&batch)
+		}
+		w.busy.Add(1)
 		go func() {
 			w.commit(batch, slot)
+			w.busy.Add(-1)
+			select {
+			case w.finished <- struct{}{}:
+			default: // a signal is pending already
+			}
 			w.free <- slot
 		}()
 	}
@@ -278,6 +321,40 @@ func (w *Writer) release() {
 	for slot := range w.cfg.Lanes {
 		w.free <- slot
 	}
+}
+
+// grow holds back a batch smaller than LaneMinRows while another lane is in flight:
+// it adds the requests that arrive until the batch reaches LaneMinRows rows or a lane
+// finishes, whichever comes first. It returns a request it took but could not add.
+func (w *Writer) grow(batch *[]*writeRequest) *writeRequest {
+	rows, bytes := 0, 0
+	for _, r := range *batch {
+		rows += r.batch.rows()
+		bytes += r.batch.bytes()
+	}
+	if rows >= w.cfg.LaneMinRows {
+		return nil
+	}
+	// A lane sends on finished after it lowered busy: a signal left from before is
+	// dropped first, then every lane that ends after the check of busy wakes the wait.
+	select {
+	case <-w.finished:
+	default:
+	}
+	for rows < w.cfg.LaneMinRows && w.busy.Load() > 0 {
+		select {
+		case r := <-w.reqs:
+			if r.batch.barrier() || rows+r.batch.rows() > w.cfg.MaxBatchRows || bytes+r.batch.bytes() > w.cfg.MaxBatchBytes {
+				return r
+			}
+			*batch = append(*batch, r)
+			rows += r.batch.rows()
+			bytes += r.batch.bytes()
+		case <-w.finished:
+			return nil
+		}
+	}
+	return nil
 }
 
 // fill adds queued requests to batch until the bounds are reached, waiting up to

@@ -122,11 +122,14 @@ func (f *fakeDriver) block() (entered <-chan struct{}, release func()) {
 	f.gate = make(chan struct{})
 	f.entered = make(chan struct{}, 64)
 	gate := f.gate
+	var once sync.Once
 	return f.entered, func() {
-		f.mu.Lock()
-		f.gate = nil
-		f.mu.Unlock()
-		close(gate)
+		once.Do(func() {
+			f.mu.Lock()
+			f.gate = nil
+			f.mu.Unlock()
+			close(gate)
+		})
 	}
 }
 
@@ -178,6 +181,19 @@ func (b *writerBundle) queued(t *testing.T, n int) {
 	for len(b.w.reqs) != n {
 		if time.Now().After(deadline) {
 			t.Fatalf("queue holds %d requests, want %d", len(b.w.reqs), n)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// lanesTaken waits until the dispatcher holds every idle lane: a barrier waits for the
+// lanes still in flight.
+func (b *writerBundle) lanesTaken(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(b.w.free) != 0 || len(b.w.reqs) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d lanes idle, %d requests queued, want none", len(b.w.free), len(b.w.reqs))
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
@@ -415,14 +431,15 @@ func TestWriterDefaultLanes(t *testing.T) {
 		want    int
 	}{
 		{"postgres", 0, LanesDefault},
-		{"mysql", 0, LanesDefault},
-		{"sqlite", 0, 1},
-		{"", 0, 1},
-		{"sqlite", 3, 3},
-		{"postgres", 1, 1},
+		{"postgres", 4, 4},
 		{"postgres", 1000, LanesMax},
+		{"mysql", 0, 1},
+		{"mysql", 4, 1},
+		{"sqlite", 0, 1},
+		{"sqlite", 3, 1},
+		{"", 3, 3},
 	} {
-		w := NewWriter(&fakeDriver{epoch: 1, dialect: tt.dialect}, 1, WriterConfig{Lanes: tt.cfg})
+		w := NewWriter(&fakeDriver{epoch: 1, dialect: tt.dialect}, 1, WriterConfig{Lanes: tt.cfg, Logger: slog.New(slog.DiscardHandler)})
 		require.Equal(t, tt.want, w.Lanes(), "dialect %q, Lanes %d", tt.dialect, tt.cfg)
 	}
 }
@@ -432,8 +449,9 @@ func TestWriterDefaultLanes(t *testing.T) {
 // and merge.
 func TestWriterLanesCommitConcurrently(t *testing.T) {
 	t.Parallel()
-	b := setupWriter(t, WriterConfig{Lanes: 3})
+	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 3})
 	entered, release := b.drv.block()
+	t.Cleanup(release) // a failed test must not leave the writer blocked
 	r0 := b.writeAsync(one(0))
 	enter(t, entered, 1)
 	r1 := b.writeAsync(one(1))
@@ -455,28 +473,30 @@ func TestWriterLanesCommitConcurrently(t *testing.T) {
 	require.Equal(t, 3, b.drv.maxInFlight)
 	require.False(t, b.drv.overlap, "two commits in flight on one slot")
 	require.Len(t, b.drv.commits, 4, "the six queued requests merge into one commit")
-	total := 0
+	var merged []int64
 	for i, c := range b.drv.commits {
 		require.GreaterOrEqual(t, b.drv.slots[i], 0)
 		require.Less(t, b.drv.slots[i], 3)
-		total += c.rows()
+		if c.rows() > 1 {
+			merged = ids(c)
+		}
 	}
-	require.Equal(t, 9, total)
-	require.ElementsMatch(t, []int64{3, 4, 5, 6, 7, 8}, ids(b.drv.commits[3]))
+	require.ElementsMatch(t, []int64{3, 4, 5, 6, 7, 8}, merged)
 }
 
 // A barrier waits until every lane is idle, commits alone, and only then do the
 // requests queued after it start.
 func TestWriterLanesBarrierWaitsForEveryLane(t *testing.T) {
 	t.Parallel()
-	b := setupWriter(t, WriterConfig{Lanes: 4})
+	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 4})
 	entered, release := b.drv.block()
+	t.Cleanup(release) // a failed test must not leave the writer blocked
 	r0 := b.writeAsync(one(0))
 	enter(t, entered, 1)
 	r1 := b.writeAsync(one(1))
 	enter(t, entered, 1)
 	purge := b.writeAsync(&Batch{QueuePurges: []string{"q"}})
-	b.queued(t, 0) // the dispatcher holds it, waiting for the two lanes in flight
+	b.lanesTaken(t) // the dispatcher holds it, waiting for the two lanes in flight
 	after := b.writeAsync(one(2))
 	b.queued(t, 1)
 	after2 := b.writeAsync(one(3))
@@ -504,8 +524,9 @@ func TestWriterLanesBarrierWaitsForEveryLane(t *testing.T) {
 // them, and a barrier queued behind another barrier follows it.
 func TestWriterLanesBarrierOrder(t *testing.T) {
 	t.Parallel()
-	b := setupWriter(t, WriterConfig{Lanes: 2})
+	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 2})
 	entered, release := b.drv.block()
+	t.Cleanup(release) // a failed test must not leave the writer blocked
 	r0 := b.writeAsync(one(0))
 	enter(t, entered, 1)
 	r1 := b.writeAsync(one(1))
@@ -538,7 +559,7 @@ func TestWriterLanesBarrierOrder(t *testing.T) {
 // lanes go on.
 func TestWriterLanesRetryOneByOne(t *testing.T) {
 	t.Parallel()
-	b := setupWriter(t, WriterConfig{Lanes: 2})
+	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 2})
 	b.drv.fail = func(batch *Batch) error {
 		for _, m := range batch.MessageInserts {
 			if m.ID == 3 {
@@ -548,6 +569,7 @@ func TestWriterLanesRetryOneByOne(t *testing.T) {
 		return nil
 	}
 	entered, release := b.drv.block()
+	t.Cleanup(release) // a failed test must not leave the writer blocked
 	r0 := b.writeAsync(one(0))
 	enter(t, entered, 1)
 	r1 := b.writeAsync(one(1))
@@ -575,8 +597,9 @@ func TestWriterLanesRetryOneByOne(t *testing.T) {
 func TestWriterLanesFenced(t *testing.T) {
 	t.Parallel()
 	var fencedCalls atomic.Int64
-	b := setupWriter(t, WriterConfig{Lanes: 4, OnFenced: func() { fencedCalls.Add(1) }})
+	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 4, OnFenced: func() { fencedCalls.Add(1) }})
 	entered, release := b.drv.block()
+	t.Cleanup(release)
 	var rs []<-chan error
 	for i := int64(0); i < 4; i++ {
 		rs = append(rs, b.writeAsync(one(i)))
@@ -603,8 +626,9 @@ func TestWriterLanesFenced(t *testing.T) {
 // Stop commits what is queued and returns only once every lane has answered.
 func TestWriterLanesStopDrains(t *testing.T) {
 	t.Parallel()
-	b := setupWriter(t, WriterConfig{Lanes: 3, MaxBatchRows: 2})
+	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 3, MaxBatchRows: 2})
 	entered, release := b.drv.block()
+	t.Cleanup(release)
 	var rs []<-chan error
 	for i := int64(0); i < 3; i++ {
 		rs = append(rs, b.writeAsync(one(i)))
@@ -646,7 +670,7 @@ func TestWriterLanesStopDrains(t *testing.T) {
 func TestWriterLanesStress(t *testing.T) {
 	t.Parallel()
 	var rows atomic.Int64
-	b := setupWriter(t, WriterConfig{Lanes: 8, MaxBatchRows: 7, OnCommit: func(n int, _ time.Duration, err error) {
+	b := setupWriter(t, WriterConfig{LaneMinRows: 3, Lanes: 8, MaxBatchRows: 7, OnCommit: func(n int, _ time.Duration, err error) {
 		if err == nil {
 			rows.Add(int64(n))
 		}
@@ -681,4 +705,46 @@ func TestWriterLanesStress(t *testing.T) {
 			require.Equal(t, 0, b.drv.alongside[i], "a barrier committed beside another transaction")
 		}
 	}
+}
+
+// While a lane is in flight, a batch smaller than LaneMinRows does not open another
+// transaction: it grows until it reaches LaneMinRows rows, or waits for a lane to
+// finish.
+func TestWriterLaneMinRows(t *testing.T) {
+	t.Parallel()
+	b := setupWriter(t, WriterConfig{Lanes: 3, LaneMinRows: 4})
+	require.Equal(t, 4, b.w.cfg.LaneMinRows)
+	entered, release := b.drv.block()
+	t.Cleanup(release)
+	r0 := b.writeAsync(one(0)) // no lane in flight: commits at once
+	enter(t, entered, 1)
+	var rs []<-chan error
+	for i := int64(1); i <= 4; i++ {
+		rs = append(rs, b.writeAsync(one(i)))
+	}
+	enter(t, entered, 1) // four rows: a second transaction beside the first
+	// One more row, handed to the dispatcher directly so that the test knows when it
+	// was taken: it waits, as two lanes are in flight and it is alone.
+	req := &writeRequest{batch: one(5), done: make(chan error, 1)}
+	b.w.reqs <- req
+	b.queued(t, 0)
+	select {
+	case <-entered:
+		t.Fatal("a one-row batch started a third transaction")
+	case <-time.After(20 * time.Millisecond):
+	}
+	release()
+	require.NoError(t, <-r0)
+	for _, r := range rs {
+		require.NoError(t, <-r)
+	}
+	require.NoError(t, <-req.done)
+	b.drv.mu.Lock()
+	defer b.drv.mu.Unlock()
+	require.Equal(t, 2, b.drv.maxInFlight)
+	var sizes []int
+	for _, c := range b.drv.commits {
+		sizes = append(sizes, c.rows())
+	}
+	require.ElementsMatch(t, []int{1, 4, 1}, sizes)
 }

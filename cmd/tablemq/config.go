@@ -19,6 +19,7 @@ import (
 	"github.com/tablemq/tablemq/migrations"
 	"github.com/tablemq/tablemq/nodemanager"
 	"github.com/tablemq/tablemq/server"
+	"github.com/tablemq/tablemq/sqlstore"
 	"github.com/tablemq/tablemq/sqlstore/opener"
 )
 
@@ -68,6 +69,7 @@ type options struct {
 	AllowFailback      bool
 	RestartBackup      bool
 	JournalSyncPeriod  time.Duration
+	WriterLanes        int
 	DuplicateWindow    time.Duration
 	MaxMessageSize     byteSize
 	// Large messages: the body size above which a publish is streamed into chunk
@@ -134,6 +136,8 @@ func registerServe(fs *pflag.FlagSet, o *options) {
 	fs.BoolVar(&o.AllowFailback, "allow-failback", false, "a backup that became live hands back when the primary returns")
 	fs.BoolVar(&o.RestartBackup, "restart-backup", false, "after handing back, wait as a backup again")
 	fs.DurationVar(&o.JournalSyncPeriod, "journal-sync-period", 0, "longest wait to fill a write batch; 0 commits at once")
+	fs.IntVar(&o.WriterLanes, "writer-lanes", 0,
+		fmt.Sprintf("write transactions in flight at once on PostgreSQL (1..%d; MySQL and SQLite use 1); 0: %d", sqlstore.LanesMax, sqlstore.LanesDefault))
 	fs.DurationVar(&o.DuplicateWindow, "duplicate-window", server.DuplicateWindowDefault, "how long idempotency keys are remembered")
 	o.MaxMessageSize = server.MaxMessageSizeDefault
 	fs.Var(&o.MaxMessageSize, "max-message-size", "largest message body, in bytes (suffixes KiB, MiB, GiB, KB, MB, GB allowed)")
@@ -351,6 +355,9 @@ func (o *options) validate(readFile func(string) ([]byte, error)) error {
 	o.warnings = append(o.warnings, ha.Warnings()...)
 	if o.JournalSyncPeriod < 0 || o.JournalSyncPeriod > time.Second {
 		return fmt.Errorf("journal-sync-period: want 0..1s, got %s", o.JournalSyncPeriod)
+	}
+	if o.WriterLanes < 0 || o.WriterLanes > sqlstore.LanesMax {
+		return fmt.Errorf("writer-lanes: want 0..%d, got %d", sqlstore.LanesMax, o.WriterLanes)
 	}
 	if o.DuplicateWindow < time.Second {
 		return fmt.Errorf("duplicate-window: must be at least 1s, got %s", o.DuplicateWindow)

@@ -87,6 +87,7 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, NetworkTimeoutDefault, o.NetworkTimeout)
 	require.Equal(t, PollIntervalDefault, o.BackupPollInterval)
 	require.Equal(t, time.Duration(0), o.JournalSyncPeriod)
+	require.Equal(t, 0, o.WriterLanes)
 	require.Equal(t, time.Hour, o.DuplicateWindow)
 	require.Equal(t, byteSize(1<<30), o.MaxMessageSize)
 	require.Equal(t, byteSize(100<<10), o.LargeMessageThreshold)
@@ -264,6 +265,8 @@ func TestErrors(t *testing.T) {
 			"network-timeout: must be shorter than lock-expiration"},
 		{"zero renew", []string{"serve", "--lock-renew-period", "0s"}, nil, nil, "lock-renew-period: must be positive"},
 		{"negative sync period", []string{"serve", "--journal-sync-period", "-1ms"}, nil, nil, "journal-sync-period"},
+		{"writer lanes", []string{"serve", "--writer-lanes", "65"}, nil, nil, "writer-lanes: want 0..64"},
+		{"negative writer lanes", []string{"serve", "--writer-lanes", "-1"}, nil, nil, "writer-lanes: want 0..64"},
 		{"short duplicate window", []string{"serve", "--duplicate-window", "10ms"}, nil, nil, "duplicate-window: must be at least 1s"},
 		{"zero shutdown timeout", []string{"serve", "--shutdown-timeout", "0s"}, nil, nil, "shutdown-timeout: must be positive"},
 		{"ha policy", []string{"serve", "--ha-policy", "primary"}, nil, nil, "ha-policy: want none"},

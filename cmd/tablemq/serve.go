@@ -108,6 +108,7 @@ func runServe(ctx context.Context, a *app, o *options) (err error) {
 		WindowBytes:   int64(o.WindowBytes),
 		Writer: sqlstore.WriterConfig{
 			SyncPeriod: o.JournalSyncPeriod,
+			Lanes:      o.WriterLanes,
 			Logger:     log.With("component", "writer"),
 			OnCommit:   metrics.ObserveCommit,
 		},

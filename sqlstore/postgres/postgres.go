@@ -86,6 +86,10 @@ const (
 	// TxAttemptsDefault is how often a transaction that hit a deadlock or a
 	// serialization failure is tried.
 	TxAttemptsDefault = 3
+	// MaxConnsDefault bounds the main pool (batches and reads) unless Config.MaxConns
+	// or pool_max_conns in the DSN says otherwise: the writer's lanes
+	// (sqlstore.LanesDefault) plus refills, scans and large-message reads.
+	MaxConnsDefault = 16
 )
 
 // Config configures a Driver. Zero values mean the defaults.
@@ -97,7 +101,8 @@ type Config struct {
 	Tables migrations.Tables
 	// Logger receives the driver's logs; nil means slog.Default().
 	Logger *slog.Logger
-	// MaxConns bounds the pool; 0 means pgxpool's default (or pool_max_conns in DSN).
+	// MaxConns bounds the main pool; 0 means pool_max_conns of the DSN, or
+	// MaxConnsDefault.
 	MaxConns int
 	// CopyThreshold is the number of message rows from which a batch inserts its
 	// messages by COPY; 0 means CopyThresholdDefault, a negative value never uses COPY.
@@ -149,8 +154,13 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: parse DSN: %w", err)
 	}
-	if cfg.MaxConns > 0 {
+	switch {
+	case cfg.MaxConns > 0:
 		pcfg.MaxConns = int32(cfg.MaxConns)
+	case !strings.Contains(cfg.DSN, "pool_max_conns"):
+		// pgxpool's own default is max(4, CPUs): the writer's lanes alone
+		// (sqlstore.LanesDefault) would take every connection from the reads.
+		pcfg.MaxConns = MaxConnsDefault
 	}
 	// A session left idle inside a transaction is ended by the server: a broker
 	// stopped (SIGSTOP, a VM pause) between the statements of a transaction would

@@ -74,6 +74,7 @@ func Exercise(t *testing.T, h Harness) {
 	tests = append(tests, v2Tests...)
 	tests = append(tests, leaseTests...)
 	tests = append(tests, fencingTests...)
+	tests = append(tests, lanesTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
