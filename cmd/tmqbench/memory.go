@@ -907,7 +907,9 @@ func printMemRows(w io.Writer, rows []memRow) {
 }
 
 // cell makes s safe in a Markdown table cell.
-func cell(s string) string { return strings.ReplaceAll(strings.Join(strings.Fields(s), " "), "|", `\|`) }
+func cell(s string) string {
+	return strings.ReplaceAll(strings.Join(strings.Fields(s), " "), "|", `\|`)
+}
 
 func goalLabels(gs []goal) string {
 	var l []string

@@ -170,6 +170,15 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if _, ok := pcfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !ok {
 		pcfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = fmt.Sprint(IdleInTxTimeoutDefault.Milliseconds())
 	}
+	// Every statement of the broker is a read or write of a key range of an index, in
+	// index order, with a LIMIT. Without table statistics (a table just bulk-loaded,
+	// autovacuum off or not run yet) the planner takes a queue's backlog for a few
+	// rows and reads it all with a bitmap scan and a sort (seconds at a million rows,
+	// on the first receive after a takeover) instead of the first rows of the index.
+	// With bitmap scans off it always reads the index in order.
+	if _, ok := pcfg.ConnConfig.RuntimeParams["enable_bitmapscan"]; !ok {
+		pcfg.ConnConfig.RuntimeParams["enable_bitmapscan"] = "off"
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
