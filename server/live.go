@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -281,18 +282,8 @@ func (l *live) queueSnapshot() []*queue {
 		qs = append(qs, q)
 	}
 	l.metaMu.RUnlock()
-	slices.SortFunc(qs, func(a, b *queue) int { return compareStrings(a.name, b.name) })
+	slices.SortFunc(qs, func(a, b *queue) int { return cmp.Compare(a.name, b.name) })
 	return qs
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // queueAddresses returns the addresses a queue is bound to, sorted.
@@ -497,7 +488,7 @@ func (l *live) addressList() []AddressInfo {
 		out = append(out, l.describeAddressLocked(a))
 	}
 	l.metaMu.RUnlock()
-	slices.SortFunc(out, func(a, b AddressInfo) int { return compareStrings(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b AddressInfo) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
 

@@ -1,6 +1,7 @@
 package stdsql
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strconv"
@@ -300,18 +301,8 @@ func (r Refs) Sorted() []RefDelta {
 	for id, n := range r {
 		out = append(out, RefDelta{ID: id, N: n})
 	}
-	slices.SortFunc(out, func(a, b RefDelta) int { return cmpInt(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b RefDelta) int { return cmp.Compare(a.ID, b.ID) })
 	return out
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // InsertEffects returns what the message and page inserts of b add to the counters
