@@ -149,7 +149,13 @@ func fenceError(err error, epoch int64) error {
 // With COPY (b has copyMin message rows or more) the pipeline is cut in two around
 // the COPY, which pgx cannot pipeline: BEGIN, fence, binding puts; COPY; the rest and
 // COMMIT. The fence still comes first, and the COPY is only sent once it passed.
-func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch, slot int) (err error) {
+func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch, slot int) error {
+	return d.inTx(ctx, func(conn *pgxpool.Conn) error { return d.batchPipeline(ctx, conn, epoch, b, slot) })
+}
+
+// inTx runs fn, which runs one transaction, on a pooled connection; when fn fails it
+// rolls back whatever the transaction left open before the connection goes back.
+func (d *Driver) inTx(ctx context.Context, fn func(conn *pgxpool.Conn) error) (err error) {
 	conn, err := d.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("acquire connection: %w", err)
@@ -160,6 +166,11 @@ func (d *Driver) batchCommit(ctx context.Context, epoch int64, b *sqlstore.Batch
 		}
 		conn.Release()
 	}()
+	return fn(conn)
+}
+
+// batchPipeline sends the statements of batchCommit on conn.
+func (d *Driver) batchPipeline(ctx context.Context, conn *pgxpool.Conn, epoch int64, b *sqlstore.Batch, slot int) error {
 
 	p := &pipeline{}
 	p.add(stepBegin, "BEGIN")

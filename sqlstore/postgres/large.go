@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tablemq/tablemq/migrations"
 	"github.com/tablemq/tablemq/sqlstore"
@@ -152,23 +153,15 @@ func (d *Driver) fencedPipeline(ctx context.Context, op string, epoch int64, add
 	if err := d.checkOpen(op); err != nil {
 		return err
 	}
-	err := d.retry(ctx, func() (err error) {
-		conn, err := d.pool.Acquire(ctx)
-		if err != nil {
-			return fmt.Errorf("acquire connection: %w", err)
-		}
-		defer func() {
-			if err != nil {
-				err = rollback(ctx, conn, err)
-			}
-			conn.Release()
-		}()
-		p := &pipeline{}
-		p.add(stepBegin, "BEGIN")
-		p.add(stepFence, d.q.fence, epoch)
-		add(p)
-		p.add(stepCommit, "COMMIT")
-		return p.send(ctx, conn, epoch)
+	err := d.retry(ctx, func() error {
+		return d.inTx(ctx, func(conn *pgxpool.Conn) error {
+			p := &pipeline{}
+			p.add(stepBegin, "BEGIN")
+			p.add(stepFence, d.q.fence, epoch)
+			add(p)
+			p.add(stepCommit, "COMMIT")
+			return p.send(ctx, conn, epoch)
+		})
 	})
 	if err != nil {
 		if errors.Is(err, sqlstore.ErrFenced) {
