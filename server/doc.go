@@ -12,9 +12,8 @@
 //	          backup ◄──────────────────────────── stopping
 //
 // New touches nothing. Activate(ctx, epoch) loads the bindings table (BindingList) and
-// the counters (CounterList),
-// starts a Writer under that fencing epoch and one reaper goroutine, and turns live; it
-// reads no message (queues fill lazily, so failover time does not grow with the
+// the counters (CounterList), starts a Writer under that fencing epoch, the reaper and
+// the large-message sweeper goroutines, and turns live; it reads no message (queues fill lazily, so failover time does not grow with the
 // backlog). Everything an activation builds lives in one value that the next
 // activation rebuilds from the store.
 //
