@@ -51,6 +51,13 @@ func FuzzDecodeBatch(f *testing.F) {
 	}
 	const maxBody = 64
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if fast, ok := decodeBatchFast(data, maxBody); ok {
+			slow, err := decodeBatchSlow(data, maxBody)
+			if err != nil {
+				t.Fatalf("the fast pass accepted a body the slow pass refuses: %v", err)
+			}
+			requireSameEntries(t, slow, fast)
+		}
 		entries, err := decodeBatch(data, maxBody)
 		if err != nil {
 			if entries != nil {

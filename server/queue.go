@@ -209,7 +209,10 @@ type queue struct {
 
 	index    map[int64]*msg // every message in memory
 	memBytes int64          // footprint of the messages in index
-	rowFoot  int64          // mean footprint of the rows the last refill read; 0: none yet
+	// stored counts the persistent messages of index by lane, so that pageOutLocked
+	// looks through index only for a lane that has some.
+	stored   [laneCount]int
+	rowFoot  int64 // mean footprint of the rows the last refill read; 0: none yet
 	ready    readyHeap
 	delayed  delayHeap
 	leases   leaseHeap
@@ -339,6 +342,7 @@ func (q *queue) finishDelete() {
 	q.deleted = true
 	q.index = map[int64]*msg{}
 	q.memBytes = 0
+	q.stored = [laneCount]int{}
 	q.ready, q.delayed, q.leases = nil, nil, nil
 	q.inFlight = 0
 	q.accountLocked(-q.msgs, -q.bytes)
@@ -358,7 +362,19 @@ func footprint(m *msg) int64 {
 func (q *queue) addLocked(m *msg, nowMs int64) {
 	q.index[m.id] = m
 	q.memBytes += footprint(m)
+	if m.persistent {
+		q.stored[laneOf(m.deliverAt)]++
+	}
 	q.requeueLocked(m, nowMs)
+}
+
+// rescheduleLocked moves m, busy in memory, to deliverAt, and to that lane.
+func (q *queue) rescheduleLocked(m *msg, deliverAt int64) {
+	if m.persistent && q.index[m.id] == m {
+		q.stored[laneOf(m.deliverAt)]--
+		q.stored[laneOf(deliverAt)]++
+	}
+	m.deliverAt = deliverAt
 }
 
 // forgetLocked drops a message from memory.
@@ -366,6 +382,9 @@ func (q *queue) forgetLocked(m *msg) {
 	if q.index[m.id] == m {
 		delete(q.index, m.id)
 		q.memBytes -= footprint(m)
+		if m.persistent {
+			q.stored[laneOf(m.deliverAt)]--
+		}
 	}
 }
 
@@ -448,8 +467,8 @@ func (q *queue) pageOutLocked() {
 	}
 	for ln := range laneCount {
 		st := &q.lanes[ln]
-		if !st.exhausted {
-			continue
+		if !st.exhausted || q.stored[ln] == 0 {
+			continue // nothing of the lane in memory: it stays exhausted
 		}
 		found := false
 		var top sqlstore.ScanKey
@@ -462,7 +481,7 @@ func (q *queue) pageOutLocked() {
 			}
 		}
 		if !found {
-			continue // nothing of the lane in memory: it stays exhausted
+			continue // unreachable while stored is right
 		}
 		st.exhausted = false
 		if !st.started || cmpKey(ln, top, st.cursor) > 0 {

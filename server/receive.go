@@ -418,7 +418,7 @@ func (q *queue) nack(ctx context.Context, receipts []string, delay time.Duration
 			continue
 		}
 		if delay > 0 {
-			m.deliverAt = now.Add(delay).UnixMilli()
+			q.rescheduleLocked(m, now.Add(delay).UnixMilli())
 		}
 		q.requeueLocked(m, nowMs)
 		woken++

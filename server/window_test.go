@@ -72,6 +72,7 @@ func TestWindowLanes(t *testing.T) {
 				}
 			}
 			ack(t, b.srv, "q", receipts(ds)...)
+			require.NoError(t, server.CheckWindow(b.srv, "q"))
 			qi := info(t, b.srv, "q")
 			require.LessOrEqual(t, qi.InMemory, int64(3*window), "the window stays bounded")
 			require.LessOrEqual(t, qi.Delayed, int64(window), "scheduled messages do not fill the window")
@@ -89,6 +90,50 @@ func TestWindowLanes(t *testing.T) {
 		qi := info(t, b.srv, "q")
 		require.Equal(t, int64(40), qi.Depth)
 		require.LessOrEqual(t, qi.InMemory, int64(window))
+	})
+}
+
+// TestWindowNackDelay publishes past twice the window while messages move between the
+// lanes (nacks with a delay make ready messages scheduled): the window's bookkeeping
+// stays exact, it stays bounded, and every message comes once, the delayed ones when due.
+func TestWindowNackDelay(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, url string) {
+		const window = 8
+		b := setupURL(t, url, server.Config{WindowSize: window})
+		ctx := context.Background()
+		mustCreateQueue(t, b.srv, "q", server.QueueConfig{})
+		publish(t, b.srv, "q", "n0", "n1", "n2", "n3")
+		ds := receive(t, b.srv, "q", server.ReceiveParams{Max: 2})
+		require.Equal(t, []string{"n0", "n1"}, bodies(ds))
+		_, err := b.srv.Nack(ctx, "q", receipts(ds), 200*time.Millisecond)
+		require.NoError(t, err)
+		require.NoError(t, server.CheckWindow(b.srv, "q"))
+		var later []string
+		for i := range 5 * window {
+			later = append(later, fmt.Sprintf("m%02d", i))
+		}
+		for i := 0; i < len(later); i += 4 {
+			publish(t, b.srv, "q", later[i:i+4]...)
+			require.NoError(t, server.CheckWindow(b.srv, "q"))
+		}
+		require.LessOrEqual(t, info(t, b.srv, "q").InMemory, int64(2*window+4), "the window pages out")
+		seen := map[string]int{}
+		for len(seen) < 4+len(later) {
+			ds := receive(t, b.srv, "q", server.ReceiveParams{Max: 5, Wait: 2 * time.Second})
+			require.NotEmpty(t, ds, "after %d", len(seen))
+			for _, s := range bodies(ds) {
+				seen[s]++
+			}
+			ack(t, b.srv, "q", receipts(ds)...)
+			require.NoError(t, server.CheckWindow(b.srv, "q"))
+		}
+		for k, n := range seen {
+			require.Equal(t, 1, n, k)
+		}
+		require.Contains(t, seen, "n0")
+		require.Contains(t, seen, "n1")
+		require.Zero(t, info(t, b.srv, "q").Depth)
 	})
 }
 

@@ -89,7 +89,7 @@ func runOnce(ctx context.Context, log *slog.Logger, o options, rw *raw, body []b
 		needBroker = needBroker || ru.want(n)
 	}
 	if needBroker {
-		b, err := startBroker(ctx, log, o.binary, o.store, prefix)
+		b, err := startBrokerWith(ctx, log, launchOptions{binary: o.binary, store: o.store, prefix: prefix, name: "bench", pprof: o.profiles != ""})
 		if err != nil {
 			return nil, err
 		}

@@ -65,6 +65,7 @@ type options struct {
 	out      string
 	keep     bool
 	only     string
+	profiles string // directory of per-scenario broker CPU profiles, or ""
 
 	failover bool      // measure failover instead of throughput
 	rounds   int       // rounds of each failover measurement
@@ -85,6 +86,7 @@ func run() error {
 	flag.StringVar(&o.out, "out", "", "also append the Markdown result to this file")
 	flag.BoolVar(&o.keep, "keep", false, "keep the benchmark tables afterwards")
 	flag.StringVar(&o.only, "only", "", "run only scenarios whose name contains this")
+	flag.StringVar(&o.profiles, "profile-dir", "", "save a CPU profile of the broker during each broker scenario to this directory (go tool pprof)")
 	flag.BoolVar(&o.failover, "failover", false, "measure kill -9 failover and graceful handover times instead of throughput")
 	flag.IntVar(&o.rounds, "rounds", 20, "with --failover: rounds of each measurement")
 	flag.DurationVar(&o.ha.renew, "lock-renew-period", 0, "with --failover or --memory: tablemq --lock-renew-period (0: its default; 200ms with --memory)")

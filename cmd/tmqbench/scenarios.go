@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +65,47 @@ func (r *runner) rate(id string) float64 {
 	return 0
 }
 
+// profile starts a CPU profile of b for the scenario's duration when -profile-dir is
+// set (b serves pprof then); the returned func waits for it and saves it as
+// <dir>/<id>.pprof. Failures are logged, never fatal.
+func (r *runner) profile(b *broker, id string) func() {
+	if r.o.profiles == "" || b.pprof == "" {
+		return func() {}
+	}
+	secs := max(1, int(r.o.duration.Seconds()))
+	file := filepath.Join(r.o.profiles, strings.NewReplacer("/", "_", " ", "_").Replace(id)+".pprof")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := func() error {
+			if err := os.MkdirAll(r.o.profiles, 0o755); err != nil {
+				return err
+			}
+			resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", b.pprof, secs))
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("pprof: %s", resp.Status)
+			}
+			f, err := os.Create(file)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(f, resp.Body); err != nil {
+				f.Close()
+				return err
+			}
+			return f.Close()
+		}()
+		if err != nil {
+			r.log.Warn("cpu profile", "scenario", id, "err", err)
+		}
+	}()
+	return func() { <-done }
+}
+
 // publishOne: confirmed publish, one message per request, c clients.
 func (r *runner) publishOne(ctx context.Context, b *broker, c int) {
 	name := "publish, 1 msg/request"
@@ -72,6 +116,7 @@ func (r *runner) publishOne(ctx context.Context, b *broker, c int) {
 		return
 	}
 	sctx, cancel := context.WithTimeout(ctx, r.o.duration)
+	defer r.profile(b, id)()
 	s, err := runWorkers(sctx, c, 1, func(ctx context.Context, _ int) (int, error) {
 		return 1, b.publish(ctx, q, r.body)
 	})
@@ -94,6 +139,7 @@ func (r *runner) publishBatch(ctx context.Context, b *broker, c int) {
 	}
 	req := batchBody(r.body, 100)
 	sctx, cancel := context.WithTimeout(ctx, r.o.duration)
+	defer r.profile(b, id)()
 	s, err := runWorkers(sctx, c, 100, func(ctx context.Context, _ int) (int, error) {
 		return 100, b.postBatch(ctx, "/v1/queues/"+q+"/messages/batch", req, 100)
 	})
@@ -151,7 +197,8 @@ func (r *runner) receiveAck(ctx context.Context, b *broker, batch, c int) {
 	// Enough for the whole duration at a generous guess of the rate (twice the best
 	// receive rate so far in this run); what is left over serves the next scenario, and
 	// a queue that empties early ends the scenario early, which the note says.
-	est := max(2*r.recvBest, 2000)
+	// Without an earlier receive scenario (--only), guess by the batch size.
+	est := max(2*r.recvBest, 2000, 600*float64(batch))
 	target := min(int64(est*r.o.duration.Seconds()*1.2), int64(r.o.more.prefillMax))
 	have, err := b.depth(ctx, q)
 	if err != nil {
@@ -170,6 +217,7 @@ func (r *runner) receiveAck(ctx context.Context, b *broker, batch, c int) {
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, r.o.duration)
+	defer r.profile(b, id)()
 	s, err := runWorkers(sctx, c, batch, func(ctx context.Context, _ int) (int, error) {
 		return b.recvAck(ctx, q, batch, "0s")
 	})
@@ -343,6 +391,7 @@ func (r *runner) fanout(ctx context.Context, b *broker) {
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, r.o.duration)
+	defer r.profile(b, id)()
 	s, err := runWorkers(sctx, c, n, func(ctx context.Context, _ int) (int, error) {
 		return n, b.publishTo(ctx, "/v1/addresses/fan/messages", r.body, nil)
 	})
