@@ -58,7 +58,13 @@ func (r *runner) rabbit(ctx context.Context, qtype, prefix string) bool {
 		}
 	}()
 
+	beam := 0 // RabbitMQ's server process, when it runs on this machine
+	if pids := pidsNamed("beam.smp"); len(pids) == 1 {
+		beam = pids[0]
+	}
+	cpu := startCPU(beam, "")
 	pub, err := r.rabbitPublish(ctx, q)
+	cpu.stop(pub)
 	if err != nil {
 		r.failed(pubID, pubName, m.rabbitPubs, err)
 		return true
@@ -70,7 +76,9 @@ func (r *runner) rabbit(ctx context.Context, qtype, prefix string) bool {
 	if qi, err := ch.QueueDeclarePassive(q, true, false, false, false, amqp.Table{"x-queue-type": qtype}); err == nil {
 		ready = int64(qi.Messages)
 	}
+	cpu = startCPU(beam, "")
 	cons, err := r.rabbitConsume(ctx, q, ready)
+	cpu.stop(cons)
 	if err != nil {
 		r.failed(consID, consName, m.rabbitConsumers, err)
 		return true

@@ -105,7 +105,8 @@ func (r *raw) deleteBatches(ctx context.Context, n int, d time.Duration) (*sampl
 func (r *raw) loop(ctx context.Context, conns int, d time.Duration, perOp int, op func(context.Context, *pgxpool.Conn) error) (*sample, error) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	return runWorkers(ctx, conns, perOp, func(ctx context.Context, _ int) (int, error) {
+	m := startCPU(0, "postgres")
+	s, err := runWorkers(ctx, conns, perOp, func(ctx context.Context, _ int) (int, error) {
 		c, err := r.pool.Acquire(ctx)
 		if err != nil {
 			return 0, err
@@ -116,6 +117,8 @@ func (r *raw) loop(ctx context.Context, conns int, d time.Duration, perOp int, o
 		}
 		return perOp, nil
 	})
+	m.stop(s)
+	return s, err
 }
 
 // reset empties the raw table.

@@ -17,6 +17,9 @@ type agg struct {
 	p50, p99, p999       time.Duration
 	hasLat               bool
 	errs                 int
+	// serverUS and dbUS are the medians of the CPU microseconds per message of the
+	// server process and of the database; 0: not measured.
+	serverUS, dbUS float64
 }
 
 // aggregate takes the median of every scenario over the runs, in first-seen order.
@@ -52,6 +55,8 @@ func aggregate(runs [][]result) []*agg {
 			a.p50 = medianD(ok, 0.50)
 			a.p99 = medianD(ok, 0.99)
 			a.p999 = medianD(ok, 0.999)
+			a.serverUS = medianF(ok, func(x result) float64 { return perMsgUS(x.s.serverCPU, x.s.msgs) })
+			a.dbUS = medianF(ok, func(x result) float64 { return perMsgUS(x.s.dbCPU, x.s.msgs) })
 			if len(ok) < len(xs) {
 				a.note += fmt.Sprintf(" (measured in %d of %d runs)", len(ok), len(xs))
 			}
@@ -59,6 +64,14 @@ func aggregate(runs [][]result) []*agg {
 		out = append(out, a)
 	}
 	return out
+}
+
+// perMsgUS is d in microseconds per message, 0 without messages.
+func perMsgUS(d time.Duration, msgs int) float64 {
+	if msgs <= 0 {
+		return 0
+	}
+	return float64(d.Microseconds()) / float64(msgs)
 }
 
 func medianF(xs []result, f func(result) float64) float64 {
@@ -89,11 +102,11 @@ func find(rows []*agg, id string) *agg {
 var baseLabel = map[string]string{"raw-copy": "raw COPY", "raw-delete": "raw DELETE"}
 
 func printTable(w io.Writer, rows []*agg) {
-	fmt.Fprintln(w, "| scenario | clients | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | ratio to raw | notes |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---|---|")
+	fmt.Fprintln(w, "| scenario | clients | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | ratio to raw | server CPU µs/msg | db CPU µs/msg | notes |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
 	for _, a := range rows {
 		if a.runs == 0 {
-			fmt.Fprintf(w, "| %s | %d | | | | | | | %s |\n", a.name, a.clients, a.note)
+			fmt.Fprintf(w, "| %s | %d | | | | | | | | | %s |\n", a.name, a.clients, a.note)
 			continue
 		}
 		ratio := ""
@@ -104,9 +117,20 @@ func printTable(w io.Writer, rows []*agg) {
 		if a.hasLat {
 			p50, p99, p999 = ms(a.p50), ms(a.p99), ms(a.p999)
 		}
-		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %s | %d | %s | %s |\n", a.name, a.clients, a.rate,
-			p50, p99, p999, a.errs, ratio, a.note)
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %s | %d | %s | %s | %s | %s |\n", a.name, a.clients, a.rate,
+			p50, p99, p999, a.errs, ratio, us(a.serverUS), us(a.dbUS), a.note)
 	}
+}
+
+// us renders CPU microseconds per message, "" when not measured.
+func us(v float64) string {
+	if v <= 0 {
+		return ""
+	}
+	if v < 10 {
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.0f", v)
 }
 
 // bestOf returns the fastest row whose id starts with prefix.

@@ -21,6 +21,9 @@ type sample struct {
 	lat     []time.Duration
 	errs    int
 	lastErr error
+	// serverCPU and dbCPU are the CPU time the server process and the database's
+	// processes used during the scenario; 0 when not measured (see cpu.go).
+	serverCPU, dbCPU time.Duration
 }
 
 func (s *sample) rate() float64 {

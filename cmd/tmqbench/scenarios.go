@@ -65,6 +65,19 @@ func (r *runner) rate(id string) float64 {
 	return 0
 }
 
+// measure starts measuring a broker scenario: the CPU of the broker and of the
+// database (cpu.go), and a CPU profile of the broker when -profile-dir is set. The
+// returned func records the CPU in s (nil: the scenario failed) and waits for the
+// profile.
+func (r *runner) measure(b *broker, id string) func(s *sample) {
+	m := startCPU(b.pid(), dbProcess(r.o.store))
+	wait := r.profile(b, id)
+	return func(s *sample) {
+		m.stop(s)
+		wait()
+	}
+}
+
 // profile starts a CPU profile of b for the scenario's duration when -profile-dir is
 // set (b serves pprof then); the returned func waits for it and saves it as
 // <dir>/<id>.pprof. Failures are logged, never fatal.
@@ -116,11 +129,12 @@ func (r *runner) publishOne(ctx context.Context, b *broker, c int) {
 		return
 	}
 	sctx, cancel := context.WithTimeout(ctx, r.o.duration)
-	defer r.profile(b, id)()
+	done := r.measure(b, id)
 	s, err := runWorkers(sctx, c, 1, func(ctx context.Context, _ int) (int, error) {
 		return 1, b.publish(ctx, q, r.body)
 	})
 	cancel()
+	done(s)
 	if err != nil {
 		r.failed(id, name, c, err)
 		return
@@ -139,11 +153,12 @@ func (r *runner) publishBatch(ctx context.Context, b *broker, c int) {
 	}
 	req := batchBody(r.body, 100)
 	sctx, cancel := context.WithTimeout(ctx, r.o.duration)
-	defer r.profile(b, id)()
+	done := r.measure(b, id)
 	s, err := runWorkers(sctx, c, 100, func(ctx context.Context, _ int) (int, error) {
 		return 100, b.postBatch(ctx, "/v1/queues/"+q+"/messages/batch", req, 100)
 	})
 	cancel()
+	done(s)
 	if err != nil {
 		r.failed(id, name, c, err)
 		return
@@ -217,11 +232,12 @@ func (r *runner) receiveAck(ctx context.Context, b *broker, batch, c int) {
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, r.o.duration)
-	defer r.profile(b, id)()
+	done := r.measure(b, id)
 	s, err := runWorkers(sctx, c, batch, func(ctx context.Context, _ int) (int, error) {
 		return b.recvAck(ctx, q, batch, "0s")
 	})
 	cancel()
+	done(s)
 	if err != nil {
 		r.failed(id, name, c, err)
 		return
@@ -391,11 +407,12 @@ func (r *runner) fanout(ctx context.Context, b *broker) {
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, r.o.duration)
-	defer r.profile(b, id)()
+	done := r.measure(b, id)
 	s, err := runWorkers(sctx, c, n, func(ctx context.Context, _ int) (int, error) {
 		return n, b.publishTo(ctx, "/v1/addresses/fan/messages", r.body, nil)
 	})
 	cancel()
+	done(s)
 	if err != nil {
 		r.failed(id, name, c, err)
 		return
@@ -442,6 +459,7 @@ func (r *runner) sqlite(ctx context.Context, prefix string) {
 	defer cancel()
 	var pubS *sample
 	var pubErr error
+	m := startCPU(b.pid(), "") // the database is inside the broker
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -457,6 +475,7 @@ func (r *runner) sqlite(ctx context.Context, prefix string) {
 		return n, err
 	})
 	<-done
+	m.stop(s)
 	if err == nil {
 		err = pubErr
 	}
