@@ -9,6 +9,14 @@
 // power cut, readers never block the writer, and busy_timeout (10s) absorbs another
 // process holding the lock.
 //
+// Statements: a statement is prepared (parsed) once and reused, because preparing costs
+// about as much as running it. The write path caches its statements on the write
+// connection and splits multi-row inserts and deletes into runs of a power of two rows
+// (stdsql Dialect.CacheStatements), and a batch deletes its messages with one DELETE
+// ... RETURNING (Dialect.DeleteReturning). The lane scans (scan.go) are SQLite's own:
+// prepared once on the read pool, and written so that SQLite reads the lane index in
+// order instead of sorting the rows.
+//
 // Fencing: the epoch row is read inside the IMMEDIATE transaction. SQLite has one writer
 // at a time, so an EpochBump (itself an IMMEDIATE transaction) is strictly before or
 // after any batch, and a batch after it sees the new epoch and aborts with ErrFenced.
@@ -31,6 +39,8 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"modernc.org/sqlite"
@@ -71,6 +81,10 @@ type Driver struct {
 	*stdsql.Core
 	cfg    Config
 	logger *slog.Logger
+	read   *sql.DB
+	closed atomic.Bool
+	scanMu sync.Mutex // guards scans
+	scans  *scanStmts
 }
 
 var _ sqlstore.Driver = (*Driver)(nil)
@@ -127,10 +141,12 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	lease.SetConnMaxIdleTime(0)
 	lease.SetConnMaxLifetime(0)
 
-	d := &Driver{cfg: cfg, logger: cfg.Logger}
+	d := &Driver{cfg: cfg, logger: cfg.Logger, read: read}
 	d.Core = stdsql.New(stdsql.Dialect{
 		Name:                "sqlite",
 		SerializeWrites:     true,
+		CacheStatements:     true,
+		DeleteReturning:     true,
 		FenceLock:           "",
 		BindingUpsertSuffix: " ON CONFLICT (kind, name, target) DO UPDATE SET config = excluded.config, created_at = excluded.created_at",
 		RowIn:               func(n int) string { return "VALUES " + stdsql.ValuesList(n, 2) },

@@ -58,7 +58,7 @@ func (c *Core) LargePut(ctx context.Context, p *sqlstore.LargePutParams) error {
 		return err
 	}
 	return c.fenced(ctx, op, p.Epoch, func(tx *sql.Tx) error {
-		return eachPrepared(ctx, tx, c.q.chunkInsert, len(p.Chunks), func(i int) []any {
+		return c.eachPrepared(ctx, tx, c.q.chunkInsert, len(p.Chunks), func(i int) []any {
 			data := p.Chunks[i]
 			if data == nil {
 				data = []byte{}

@@ -11,7 +11,9 @@
 // rendered with each dialect's placeholders, and the counter and reference bookkeeping
 // of a batch's inserts. Core applies a batch as a sequence of statements in one
 // transaction (apply documents the order); counter changes are gathered in Go from the
-// rows really written and upserted once, on the batch's slot.
+// rows really written and upserted once, on the batch's slot. With
+// Dialect.CacheStatements (SQLite) the statements of the write path are prepared once
+// and reused by every transaction (stmtcache.go).
 //
 // Lease statements (LeaseStore, lease.go) run on a third pool given to New, each as one
 // transaction that locks the state row first (Dialect.LockRow), then the live-lock row,
@@ -92,6 +94,17 @@ type Dialect struct {
 	// stream of batches a lease renewal could lose every race for the lock until its
 	// deadline. The mutex hands the lock over in arrival order.
 	SerializeWrites bool
+	// CacheStatements makes the write path reuse statements prepared once on the write
+	// pool instead of preparing each statement in every transaction, and split
+	// multi-row statements into runs of a power of two rows so that few shapes cover
+	// every batch (SQLite, where preparing is parsing and costs as much as running a
+	// multi-row insert). See stmtcache.go.
+	CacheStatements bool
+	// DeleteReturning makes a batch delete its messages with DELETE ... RETURNING, one
+	// statement per queue and run of IDs that names the rows it deleted, instead of a
+	// locking read and a DELETE of (queue, id) pairs (SQLite; MySQL has no DELETE ...
+	// RETURNING).
+	DeleteReturning bool
 }
 
 // Core implements sqlstore.Driver over a write pool, a read pool and a lease pool.
@@ -108,6 +121,8 @@ type Core struct {
 	// writeMu queues the write transactions of this process when
 	// Dialect.SerializeWrites is set.
 	writeMu sync.Mutex
+	// stmts are the statements prepared on the write pool (Dialect.CacheStatements).
+	stmts stmtCache
 	// Migrate is called by Driver.Migrate; the driver package sets it.
 	migrate func(ctx context.Context) error
 }
@@ -116,6 +131,7 @@ type queries struct {
 	fence, epochGet, epochBump, bindingList, count, dupGet                string
 	bindingPut, msgUpdate, purge, bindingDelete, dupBefore, msgInsertHead string
 	dupInsertHead, msgDeleteHead, updateJoinHead, msgLockHead             string
+	delQueueHead, delQueueTail                                            string
 	pageInsertHead, purgeLarge, purgeCounters, trimLarge, trim            string
 	counterDelete, counterAddHead, refAdd, refHeadsHead, refSet           string
 	chunksDeleteHead, chunkInsert, largeHead, largeDelete, sweepSelect    string
@@ -147,6 +163,8 @@ func New(d Dialect, write, read, lease *sql.DB, t migrations.Tables, migrate fun
 			msgInsertHead:    fmt.Sprintf("INSERT INTO %s (%s) VALUES ", m, MessageColumns),
 			dupInsertHead:    fmt.Sprintf("INSERT INTO %s (queue, idem_key, message_id, created_at) VALUES ", dup),
 			msgDeleteHead:    fmt.Sprintf("DELETE FROM %s WHERE (queue, id) IN (", m),
+			delQueueHead:     fmt.Sprintf("DELETE FROM %s WHERE queue = ? AND id IN (", m),
+			delQueueTail:     ") RETURNING id, size, large",
 			updateJoinHead:   fmt.Sprintf("UPDATE %s AS m JOIN (", m),
 			msgLockHead:      fmt.Sprintf("SELECT queue, id, size, large FROM %s WHERE (queue, id) IN (", m),
 			pageInsertHead:   fmt.Sprintf("INSERT INTO %s (%s) VALUES ", pg, PageColumns),
@@ -188,7 +206,7 @@ func (c *Core) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	err := c.write.Close()
+	err := errors.Join(c.stmts.close(), c.write.Close())
 	if c.read != c.write {
 		err = errors.Join(err, c.read.Close())
 	}
@@ -285,6 +303,10 @@ func (c *Core) lockWrites() func() {
 
 func (c *Core) tryTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	defer c.lockWrites()()
+	if c.d.CacheStatements {
+		// Between transactions: the write connection is free.
+		c.stmts.prepareWanted(ctx, c.write)
+	}
 	tx, err := c.write.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
@@ -321,7 +343,7 @@ func (c *Core) BatchCommit(ctx context.Context, p *sqlstore.BatchCommitParams) e
 func (c *Core) fenced(ctx context.Context, op string, epoch int64, fn func(tx *sql.Tx) error) error {
 	err := c.inTx(ctx, func(tx *sql.Tx) error {
 		var cur int64
-		if err := tx.QueryRowContext(ctx, c.q.fence).Scan(&cur); err != nil {
+		if err := c.queryRow(ctx, tx, c.q.fence).Scan(&cur); err != nil {
 			return fmt.Errorf("read fencing epoch: %w", err)
 		}
 		if cur != epoch {
@@ -347,7 +369,7 @@ func (c *Core) fenced(ctx context.Context, op string, epoch int64, fn func(tx *s
 // and dropped once after the deletes.
 func (c *Core) apply(ctx context.Context, tx *sql.Tx, b *sqlstore.Batch, slot int) error {
 	if len(b.BindingPuts) > 0 {
-		if err := eachPrepared(ctx, tx, c.q.bindingPut, len(b.BindingPuts), func(i int) []any {
+		if err := c.eachPrepared(ctx, tx, c.q.bindingPut, len(b.BindingPuts), func(i int) []any {
 			r := &b.BindingPuts[i]
 			cfg := r.Config
 			if cfg == "" {
@@ -396,7 +418,7 @@ func (c *Core) apply(ctx context.Context, tx *sql.Tx, b *sqlstore.Batch, slot in
 		return fmt.Errorf("drop large message references: %w", err)
 	}
 	if len(b.BindingDeletes) > 0 {
-		if err := eachPrepared(ctx, tx, c.q.bindingDelete, len(b.BindingDeletes), func(i int) []any {
+		if err := c.eachPrepared(ctx, tx, c.q.bindingDelete, len(b.BindingDeletes), func(i int) []any {
 			k := &b.BindingDeletes[i]
 			return []any{k.Kind, k.Name, k.Target}
 		}); err != nil {
@@ -404,7 +426,7 @@ func (c *Core) apply(ctx context.Context, tx *sql.Tx, b *sqlstore.Batch, slot in
 		}
 	}
 	if len(b.CounterDeletes) > 0 {
-		if err := eachPrepared(ctx, tx, c.q.counterDelete, len(b.CounterDeletes), func(i int) []any {
+		if err := c.eachPrepared(ctx, tx, c.q.counterDelete, len(b.CounterDeletes), func(i int) []any {
 			k := &b.CounterDeletes[i]
 			return []any{k.Kind, k.Name}
 		}); err != nil {
@@ -554,7 +576,7 @@ func (c *Core) addCounters(ctx context.Context, tx *sql.Tx, ds []CounterDelta, s
 		for _, d := range rows {
 			args = append(args, d.Kind, d.Name, slot, d.Messages, d.Bytes)
 		}
-		if _, err := tx.ExecContext(ctx, c.q.counterAddHead+valuesList(len(rows), cols)+c.d.CounterUpsertSuffix, args...); err != nil {
+		if _, err := c.exec(ctx, tx, c.q.counterAddHead+valuesList(len(rows), cols)+c.d.CounterUpsertSuffix, args...); err != nil {
 			return err
 		}
 	}
@@ -567,16 +589,19 @@ func marks(n int) string {
 }
 
 // eachPrepared runs one prepared statement n times.
-func eachPrepared(ctx context.Context, tx *sql.Tx, query string, n int, args func(i int) []any) error {
-	if n == 1 {
+func (c *Core) eachPrepared(ctx context.Context, tx *sql.Tx, query string, n int, args func(i int) []any) error {
+	st := c.stmt(ctx, tx, query)
+	if st == nil && n == 1 {
 		_, err := tx.ExecContext(ctx, query, args(0)...)
 		return err
 	}
-	st, err := tx.PrepareContext(ctx, query)
-	if err != nil {
-		return err
+	if st == nil {
+		var err error
+		if st, err = tx.PrepareContext(ctx, query); err != nil {
+			return err
+		}
+		defer st.Close()
 	}
-	defer st.Close()
 	for i := 0; i < n; i++ {
 		if _, err := st.ExecContext(ctx, args(i)...); err != nil {
 			return err
@@ -601,6 +626,13 @@ func (c *Core) chunks(n, cols int, size func(i int) int) [][2]int {
 	}
 	if n > start {
 		out = append(out, [2]int{start, n})
+	}
+	if c.d.CacheStatements {
+		var runs [][2]int
+		for _, ch := range out {
+			runs = ladder(runs, ch[0], ch[1])
+		}
+		out = runs
 	}
 	return out
 }
@@ -633,7 +665,7 @@ func (c *Core) insertMessages(ctx context.Context, tx *sql.Tx, ms []sqlstore.Mes
 			args = append(args, m.Queue, m.ID, m.Priority, m.DeliverAt, m.ExpiresAt, m.DeliveryCount,
 				m.CreatedAt, m.ContentType, sqlstore.EncodeHeaders(m.Headers), body, MessageSize(m), Flag(m.Large))
 		}
-		if _, err := tx.ExecContext(ctx, c.q.msgInsertHead+valuesList(len(rows), cols), args...); err != nil {
+		if _, err := c.exec(ctx, tx, c.q.msgInsertHead+valuesList(len(rows), cols), args...); err != nil {
 			return err
 		}
 	}
@@ -654,7 +686,7 @@ func (c *Core) insertPages(ctx context.Context, tx *sql.Tx, ps []sqlstore.PageRo
 			args = append(args, p.Log, p.ID, p.Priority, p.DeliverAt, p.ExpiresAt, p.CreatedAt, p.ContentType,
 				sqlstore.EncodeHeaders(p.Headers), body, PageSize(p), Flag(p.Large))
 		}
-		if _, err := tx.ExecContext(ctx, c.q.pageInsertHead+valuesList(len(rows), cols), args...); err != nil {
+		if _, err := c.exec(ctx, tx, c.q.pageInsertHead+valuesList(len(rows), cols), args...); err != nil {
 			return err
 		}
 	}
@@ -670,7 +702,7 @@ func (c *Core) insertDuplicates(ctx context.Context, tx *sql.Tx, ds []sqlstore.D
 			d := &rows[i]
 			args = append(args, d.Queue, d.Key, d.MessageID, d.CreatedAt)
 		}
-		if _, err := tx.ExecContext(ctx, c.q.dupInsertHead+valuesList(len(rows), cols), args...); err != nil {
+		if _, err := c.exec(ctx, tx, c.q.dupInsertHead+valuesList(len(rows), cols), args...); err != nil {
 			return err
 		}
 	}
@@ -682,7 +714,7 @@ func (c *Core) updateMessages(ctx context.Context, tx *sql.Tx, us []sqlstore.Mes
 		return nil
 	}
 	if !c.d.UpdateJoin || len(us) == 1 {
-		return eachPrepared(ctx, tx, c.q.msgUpdate, len(us), func(i int) []any {
+		return c.eachPrepared(ctx, tx, c.q.msgUpdate, len(us), func(i int) []any {
 			u := &us[i]
 			return []any{u.DeliveryCount, u.DeliverAt, u.Queue, u.ID}
 		})
@@ -745,12 +777,15 @@ func BindingPutKey(b sqlstore.Binding) sqlstore.BindingKey {
 	return sqlstore.BindingKey{Kind: b.Kind, Name: b.Name, Target: b.Target}
 }
 
-// deleteMessages deletes the messages of ks that exist: it reads them first under a
-// lock (MySQL has no DELETE ... RETURNING), then deletes exactly the rows it read, and
-// takes their sizes off the counters and their references off the chunks of large
-// ones.
+// deleteMessages deletes the messages of ks that exist and takes their sizes off the
+// counters and their references off the chunks of large ones. With
+// Dialect.DeleteReturning see deleteReturning; otherwise (MySQL has no DELETE ...
+// RETURNING) it reads them first under a lock, then deletes exactly the rows it read.
 func (c *Core) deleteMessages(ctx context.Context, tx *sql.Tx, ks []sqlstore.MessageKey, deltas Deltas, drops Refs) error {
 	const cols = 2
+	if c.d.DeleteReturning {
+		return c.deleteReturning(ctx, tx, ks, deltas, drops)
+	}
 	for _, ch := range c.chunks(len(ks), cols, func(int) int { return 32 }) {
 		rows := ks[ch[0]:ch[1]]
 		args := make([]any, 0, len(rows)*cols)
@@ -762,21 +797,7 @@ func (c *Core) deleteMessages(ctx context.Context, tx *sql.Tx, ks []sqlstore.Mes
 			return err
 		}
 		args = args[:0]
-		for found.Next() {
-			var q string
-			var id, size, large int64
-			if err := found.Scan(&q, &id, &size, &large); err != nil {
-				found.Close()
-				return err
-			}
-			args = append(args, q, id)
-			deltas.Add(sqlstore.CounterQueue, q, -1, -size)
-			if large != 0 {
-				drops[id]++
-			}
-		}
-		found.Close()
-		if err := found.Err(); err != nil {
+		if err := lockedRows(found, deltas, drops, &args); err != nil {
 			return err
 		}
 		if len(args) == 0 {
@@ -787,6 +808,71 @@ func (c *Core) deleteMessages(ctx context.Context, tx *sql.Tx, ks []sqlstore.Mes
 		}
 	}
 	return nil
+}
+
+// deleteReturning is deleteMessages with DELETE ... RETURNING: for each queue, in
+// the order queues first appear in ks, one statement per run of its IDs deletes them
+// and names the rows it deleted. An ID listed twice is deleted (and counted) once, as
+// by the locking read.
+func (c *Core) deleteReturning(ctx context.Context, tx *sql.Tx, ks []sqlstore.MessageKey, deltas Deltas, drops Refs) error {
+	var queues []string
+	ids := map[string][]any{}
+	for _, k := range ks {
+		if _, ok := ids[k.Queue]; !ok {
+			queues = append(queues, k.Queue)
+		}
+		ids[k.Queue] = append(ids[k.Queue], k.ID)
+	}
+	for _, q := range queues {
+		qids := ids[q]
+		// Two columns per row bound the placeholders: the queue and an ID each.
+		for _, ch := range c.chunks(len(qids), 2, func(int) int { return 16 }) {
+			run := qids[ch[0]:ch[1]]
+			args := make([]any, 0, len(run)+1)
+			args = append(args, q)
+			args = append(args, run...)
+			rows, err := c.query(ctx, tx, c.q.delQueueHead+marks(len(run))+c.q.delQueueTail, args...)
+			if err != nil {
+				return err
+			}
+			for rows.Next() {
+				var id, size, large int64
+				if err := rows.Scan(&id, &size, &large); err != nil {
+					rows.Close()
+					return err
+				}
+				deltas.Add(sqlstore.CounterQueue, q, -1, -size)
+				if large != 0 {
+					drops[id]++
+				}
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// lockedRows reads rows of (queue, id, size, large) about to be deleted, takes them
+// off deltas and their references off drops, appends their keys to keys, and closes
+// rows.
+func lockedRows(rows *sql.Rows, deltas Deltas, drops Refs, keys *[]any) error {
+	defer rows.Close()
+	for rows.Next() {
+		var q string
+		var id, size, large int64
+		if err := rows.Scan(&q, &id, &size, &large); err != nil {
+			return err
+		}
+		*keys = append(*keys, q, id)
+		deltas.Add(sqlstore.CounterQueue, q, -1, -size)
+		if large != 0 {
+			drops[id]++
+		}
+	}
+	return rows.Err()
 }
 
 // ValuesList is valuesList for the dialects' RowIn functions.
