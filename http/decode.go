@@ -15,7 +15,14 @@ import (
 
 // readBody reads the whole body of r, at most limit bytes (413 too_large beyond).
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	// Sized once from Content-Length when the client sent one within the limit:
+	// io.ReadAll would grow a batch of 140 KB through a dozen copies.
+	var buf bytes.Buffer
+	if n := r.ContentLength; n > 0 && n <= limit {
+		buf.Grow(int(n) + bytes.MinRead)
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
+	body := buf.Bytes()
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
