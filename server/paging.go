@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -588,10 +590,7 @@ func (l *live) loadCursor(b sqlstore.Binding) {
 // initLogs gives every reader of every log a cursor and sets the paging states.
 func (l *live) initLogs() {
 	l.logsMu.Lock()
-	logs := make([]*pageLog, 0, len(l.logs))
-	for _, lg := range l.logs {
-		logs = append(logs, lg)
-	}
+	logs := slices.Collect(maps.Values(l.logs))
 	l.logsMu.Unlock()
 	for _, lg := range logs {
 		l.ensureCursors(lg)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/tablemq/tablemq/sqlstore"
@@ -102,10 +103,7 @@ func (l *live) cleanDuplicates(now time.Time) {
 	}
 	l.cleanedBefore.Store(cutoff.UnixMilli())
 	l.metaMu.RLock()
-	sets := make([]*dedupSet, 0, len(l.dedups))
-	for _, d := range l.dedups {
-		sets = append(sets, d)
-	}
+	sets := slices.Collect(maps.Values(l.dedups))
 	l.metaMu.RUnlock()
 	for _, d := range sets {
 		d.expire(cutoff)

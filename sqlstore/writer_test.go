@@ -174,6 +174,30 @@ func (b *writerBundle) writeAsync(batch *Batch) <-chan error {
 	return ch
 }
 
+// inFlight writes one(0) .. one(n-1), each once the previous one's commit started
+// (the driver blocked, see fakeDriver.block): n lanes end up in flight.
+func (b *writerBundle) inFlight(t *testing.T, entered <-chan struct{}, n int64) []<-chan error {
+	t.Helper()
+	var rs []<-chan error
+	for i := range n {
+		rs = append(rs, b.writeAsync(one(i)))
+		enter(t, entered, 1)
+	}
+	return rs
+}
+
+// queueOnes writes one(from) .. one(to-1) while every lane is busy and waits until
+// they all wait in the queue.
+func (b *writerBundle) queueOnes(t *testing.T, from, to int64) []<-chan error {
+	t.Helper()
+	var rs []<-chan error
+	for i := from; i < to; i++ {
+		rs = append(rs, b.writeAsync(one(i)))
+	}
+	b.queued(t, int(to-from))
+	return rs
+}
+
 // queued waits until n requests wait in the writer's queue.
 func (b *writerBundle) queued(t *testing.T, n int) {
 	t.Helper()
@@ -452,20 +476,11 @@ func TestWriterLanesCommitConcurrently(t *testing.T) {
 	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 3})
 	entered, release := b.drv.block()
 	t.Cleanup(release) // a failed test must not leave the writer blocked
-	r0 := b.writeAsync(one(0))
-	enter(t, entered, 1)
-	r1 := b.writeAsync(one(1))
-	enter(t, entered, 1)
-	r2 := b.writeAsync(one(2))
-	enter(t, entered, 1)
+	rs := b.inFlight(t, entered, 3)
 	// Three transactions in flight: the next ones wait, queued, for a free lane.
-	var rest []<-chan error
-	for i := int64(3); i <= 8; i++ {
-		rest = append(rest, b.writeAsync(one(i)))
-	}
-	b.queued(t, 6)
+	rs = append(rs, b.queueOnes(t, 3, 9)...)
 	release()
-	for _, r := range append([]<-chan error{r0, r1, r2}, rest...) {
+	for _, r := range rs {
 		require.NoError(t, <-r)
 	}
 	b.drv.mu.Lock()
@@ -491,10 +506,7 @@ func TestWriterLanesBarrierWaitsForEveryLane(t *testing.T) {
 	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 4})
 	entered, release := b.drv.block()
 	t.Cleanup(release) // a failed test must not leave the writer blocked
-	r0 := b.writeAsync(one(0))
-	enter(t, entered, 1)
-	r1 := b.writeAsync(one(1))
-	enter(t, entered, 1)
+	first := b.inFlight(t, entered, 2)
 	purge := b.writeAsync(&Batch{QueuePurges: []string{"q"}})
 	b.lanesTaken(t) // the dispatcher holds it, waiting for the two lanes in flight
 	after := b.writeAsync(one(2))
@@ -507,7 +519,7 @@ func TestWriterLanesBarrierWaitsForEveryLane(t *testing.T) {
 	default:
 	}
 	release()
-	for _, r := range []<-chan error{r0, r1, purge, after, after2} {
+	for _, r := range append(first, purge, after, after2) {
 		require.NoError(t, <-r)
 	}
 	b.drv.mu.Lock()
@@ -527,11 +539,7 @@ func TestWriterLanesBarrierOrder(t *testing.T) {
 	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 2})
 	entered, release := b.drv.block()
 	t.Cleanup(release) // a failed test must not leave the writer blocked
-	r0 := b.writeAsync(one(0))
-	enter(t, entered, 1)
-	r1 := b.writeAsync(one(1))
-	enter(t, entered, 1)
-	var rs []<-chan error
+	rs := b.inFlight(t, entered, 2)
 	rs = append(rs, b.writeAsync(one(2)))
 	b.queued(t, 1)
 	rs = append(rs, b.writeAsync(&Batch{BindingDeletes: []BindingKey{{Kind: KindQueue, Name: "q"}}}))
@@ -541,7 +549,7 @@ func TestWriterLanesBarrierOrder(t *testing.T) {
 	rs = append(rs, b.writeAsync(one(3)))
 	b.queued(t, 4)
 	release()
-	for _, r := range append([]<-chan error{r0, r1}, rs...) {
+	for _, r := range rs {
 		require.NoError(t, <-r)
 	}
 	b.drv.mu.Lock()
@@ -570,19 +578,14 @@ func TestWriterLanesRetryOneByOne(t *testing.T) {
 	}
 	entered, release := b.drv.block()
 	t.Cleanup(release) // a failed test must not leave the writer blocked
-	r0 := b.writeAsync(one(0))
-	enter(t, entered, 1)
-	r1 := b.writeAsync(one(1))
-	enter(t, entered, 1)
-	results := map[int64]<-chan error{}
-	for i := int64(2); i <= 5; i++ {
-		results[i] = b.writeAsync(one(i))
-	}
-	b.queued(t, 4)
+	first := b.inFlight(t, entered, 2)
+	queued := b.queueOnes(t, 2, 6)
 	release()
-	require.NoError(t, <-r0)
-	require.NoError(t, <-r1)
-	for id, r := range results {
+	for _, r := range first {
+		require.NoError(t, <-r)
+	}
+	for i, r := range queued {
+		id := int64(i) + 2
 		if id == 3 {
 			require.ErrorIs(t, <-r, ErrConflict)
 		} else {
@@ -600,15 +603,7 @@ func TestWriterLanesFenced(t *testing.T) {
 	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 4, OnFenced: func() { fencedCalls.Add(1) }})
 	entered, release := b.drv.block()
 	t.Cleanup(release)
-	var rs []<-chan error
-	for i := int64(0); i < 4; i++ {
-		rs = append(rs, b.writeAsync(one(i)))
-		enter(t, entered, 1)
-	}
-	for i := int64(4); i < 8; i++ {
-		rs = append(rs, b.writeAsync(one(i)))
-	}
-	b.queued(t, 4)
+	rs := append(b.inFlight(t, entered, 4), b.queueOnes(t, 4, 8)...)
 	_, _ = b.drv.EpochBump(b.ctx)
 	release()
 	for _, r := range rs {
@@ -629,15 +624,7 @@ func TestWriterLanesStopDrains(t *testing.T) {
 	b := setupWriter(t, WriterConfig{LaneMinRows: 1, Lanes: 3, MaxBatchRows: 2})
 	entered, release := b.drv.block()
 	t.Cleanup(release)
-	var rs []<-chan error
-	for i := int64(0); i < 3; i++ {
-		rs = append(rs, b.writeAsync(one(i)))
-		enter(t, entered, 1)
-	}
-	for i := int64(3); i < 10; i++ {
-		rs = append(rs, b.writeAsync(one(i)))
-	}
-	b.queued(t, 7)
+	rs := append(b.inFlight(t, entered, 3), b.queueOnes(t, 3, 10)...)
 	stopped := make(chan struct{})
 	go func() {
 		b.w.Stop()

@@ -114,14 +114,12 @@ func pgMsg(queue string, id int64, size int) sqlstore.Message {
 		Headers: map[string]string{"k": "v"}, Body: bytes.Repeat([]byte{'x'}, size)}
 }
 
-// TestBatchCommitRoundTrips checks that a fenced batch costs one round trip once its
-// statements are prepared on the connection, that a fenced-out batch costs two (the
-// pipeline and the ROLLBACK that cleans the connection) and writes nothing, and that
-// the connection goes back to the pool instead of being replaced.
-func TestBatchCommitRoundTrips(t *testing.T) {
-	t.Parallel()
+// turnDriver opens a driver with one connection through a proxy that counts round
+// trips, and takes the fencing epoch; the context bounds the test.
+func turnDriver(t *testing.T) (context.Context, *turnProxy, *postgres.Driver, int64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	raw := testdb.Postgres(t)
 	u, err := url.Parse(raw)
 	require.NoError(t, err)
@@ -129,6 +127,16 @@ func TestBatchCommitRoundTrips(t *testing.T) {
 	d := openPG(t, proxy.url(t, raw), postgres.Config{MaxConns: 1})
 	epoch, err := d.EpochBump(ctx)
 	require.NoError(t, err)
+	return ctx, proxy, d, epoch
+}
+
+// TestBatchCommitRoundTrips checks that a fenced batch costs one round trip once its
+// statements are prepared on the connection, that a fenced-out batch costs two (the
+// pipeline and the ROLLBACK that cleans the connection) and writes nothing, and that
+// the connection goes back to the pool instead of being replaced.
+func TestBatchCommitRoundTrips(t *testing.T) {
+	t.Parallel()
+	ctx, proxy, d, epoch := turnDriver(t)
 
 	full := func(id int64) *sqlstore.Batch {
 		return &sqlstore.Batch{
@@ -254,15 +262,7 @@ func BenchmarkBatchCommit(b *testing.B) {
 // large-message writes stay one round trip once their statements are prepared.
 func TestV2BatchRoundTrips(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	raw := testdb.Postgres(t)
-	u, err := url.Parse(raw)
-	require.NoError(t, err)
-	proxy := newTurnProxy(t, u.Host)
-	d := openPG(t, proxy.url(t, raw), postgres.Config{MaxConns: 1})
-	epoch, err := d.EpochBump(ctx)
-	require.NoError(t, err)
+	ctx, proxy, d, epoch := turnDriver(t)
 	turns := func(fn func() error) int64 {
 		t.Helper()
 		before := proxy.turns.Load()

@@ -15,6 +15,19 @@ import (
 	"github.com/tablemq/tablemq/sqlstore"
 )
 
+// planDriver opens a migrated driver on a fresh test database for a plan test, with a
+// context that bounds the test.
+func planDriver(t *testing.T) (context.Context, *Driver) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	d, err := Open(ctx, Config{DSN: testdb.Postgres(t), Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = d.Close() })
+	require.NoError(t, d.Migrate(ctx))
+	return ctx, d
+}
+
 // TestLanePlans fills one queue with 200,000 messages (mixed priorities, a quarter of
 // them scheduled) beside other queues, and checks with EXPLAIN ANALYZE that every lane
 // scan reads the lane index (or the primary key for LaneID) in order, with no
@@ -23,14 +36,9 @@ import (
 // load, autovacuum off or not yet run), then after ANALYZE.
 func TestLanePlans(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	url := testdb.Postgres(t)
-	d, err := Open(ctx, Config{DSN: url, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
-	defer d.Close()
-	require.NoError(t, d.Migrate(ctx))
+	ctx, d := planDriver(t)
 	tables := d.Tables()
+	var err error
 
 	const n = 200_000
 	_, err = d.pool.CopyFrom(ctx, pgx.Identifier{tables.Messages},
@@ -104,14 +112,9 @@ func checkLanePlans(ctx context.Context, t *testing.T, d *Driver, stage string) 
 // when that table holds many chunks.
 func TestDeletePlan(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	url := testdb.Postgres(t)
-	d, err := Open(ctx, Config{DSN: url, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
-	defer d.Close()
-	require.NoError(t, d.Migrate(ctx))
+	ctx, d := planDriver(t)
 	tables := d.Tables()
+	var err error
 	_, err = d.pool.CopyFrom(ctx, pgx.Identifier{tables.LargeMessages}, []string{"message_id", "chunk_no", "data", "refs"},
 		pgx.CopyFromSlice(50_000, func(i int) ([]any, error) {
 			return []any{int64(i / 10), int32(i % 10), []byte("chunk"), int64(1)}, nil
