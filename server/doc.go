@@ -58,7 +58,10 @@
 //     reads the ready lane; then, when the scheduled lane's cursor is not in the
 //     future, the scheduled lane (so due messages are found, but messages due in an
 //     hour do not fill memory; the reaper wakes a receiver when the cursor comes due);
-//     then, once the ready lane is exhausted, the page logs (see below). A scan
+//     then, once the ready lane is exhausted, the page logs (see below). A receive
+//     that leaves fewer than half a refill of ready messages starts the same reads in
+//     the background (prefetchLocked, one per queue, sharing the refill slot and
+//     waited for by deactivation), so receivers of a backlog seldom wait. A scan
 //     returning fewer rows than its limit makes its lane exhausted: newly committed
 //     messages of that lane are then put in memory directly. Otherwise a newly
 //     committed persistent message stays only in the store when its key is past the

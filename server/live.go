@@ -45,8 +45,16 @@ type live struct {
 	unknownKeysSince atomic.Int64
 	cleanedBefore    atomic.Int64
 
-	stopOnce   sync.Once
-	stopping   chan struct{} // closed when deactivation starts
+	stopOnce sync.Once
+	stopping chan struct{} // closed when deactivation starts
+	// ctx is canceled when deactivation starts; background work (the queues'
+	// read-ahead, started by goBackground) runs under it, and bg counts it so that
+	// deactivation waits for it. bgMu guards bgClosed and the calls of bg.Add.
+	ctx        context.Context
+	cancel     context.CancelFunc
+	bgMu       sync.Mutex
+	bgClosed   bool
+	bg         sync.WaitGroup
 	finished   chan struct{} // closed when deactivation has ended
 	reaperStop chan struct{}
 	reaperDone chan struct{}
@@ -95,6 +103,7 @@ func newLive(s *Server, epoch int64) *live {
 		dedups:     map[string]*dedupSet{},
 		logs:       map[string]*pageLog{},
 	}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.unknownKeysSince.Store(l.now().UnixMilli())
 	return l
 }
@@ -120,6 +129,24 @@ func (l *live) keysMayBeUnknown() {
 // now is the server's clock (Config.Now).
 func (l *live) now() time.Time { return l.cfg.Now() }
 
+// goBackground runs f in a goroutine that deactivation waits for (f must return soon
+// once l.ctx is canceled). It reports false, without running f, once deactivation
+// started.
+func (l *live) goBackground(f func()) bool {
+	l.bgMu.Lock()
+	defer l.bgMu.Unlock()
+	if l.bgClosed {
+		return false
+	}
+	l.bg.Add(1)
+	go func() {
+		defer l.bg.Done()
+		f()
+	}()
+	return true
+}
+
+// isStopping reports whether deactivation started.
 func (l *live) isStopping() bool {
 	select {
 	case <-l.stopping:
@@ -194,6 +221,11 @@ func (l *live) deactivate(fenced bool) {
 		l.log.Info("deactivating", "node", l.cfg.NodeName)
 	}
 	close(l.stopping) // new calls fail; waiting receivers return
+	l.bgMu.Lock()
+	l.bgClosed = true
+	l.bgMu.Unlock()
+	l.cancel()
+	l.bg.Wait() // background work ends (its reads are canceled)
 	close(l.reaperStop)
 	<-l.reaperDone
 	l.stopLarge() // large.go

@@ -220,6 +220,8 @@ type queue struct {
 
 	lanes    [laneCount]laneState
 	scanning chan struct{} // non-nil while a refill or a depage reads the store
+	// prefetching is set while a read-ahead (prefetchLocked) is started or running.
+	prefetching bool
 	// uncommitted holds the ids of persistent messages being written; the value turns
 	// true when a refill read the row before the publisher took it in.
 	uncommitted map[int64]bool
@@ -615,6 +617,38 @@ func (q *queue) fillLocked(ctx context.Context, want int) error {
 		}
 	}
 	return nil
+}
+
+// prefetchLocked starts a read-ahead of the window when a receive left fewer than
+// half a refill of ready messages in memory and the store holds more of the queue:
+// the read (fillLocked, in the background) then overlaps the receivers' work, and the
+// next receives find their messages in memory instead of waiting for the store. At
+// most one read-ahead runs per queue, and it shares the refill slot (scanning) with
+// the receivers' own reads. Called with mu held.
+func (q *queue) prefetchLocked(nowMs int64) {
+	if q.prefetching || q.scanning != nil || q.deleting || q.deleted || q.l.isStopping() {
+		return
+	}
+	limit := q.refillLimitLocked()
+	if q.ready.Len() >= max(limit/2, 1) {
+		return
+	}
+	if q.lanes[laneReady].exhausted && q.pagedLocked() == 0 && !q.schedDueLocked(nowMs) {
+		return // the window holds every due message already
+	}
+	q.prefetching = q.l.goBackground(func() { q.prefetch(limit) })
+}
+
+// prefetch reads up to want ready messages into the window (see prefetchLocked). A
+// failure is only logged: a receiver that finds the window short reads the store
+// itself and reports its own error.
+func (q *queue) prefetch(want int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	defer func() { q.prefetching = false }()
+	if err := q.fillLocked(q.l.ctx, want); err != nil && !q.l.isStopping() {
+		q.l.log.Debug("read-ahead failed; receivers read the store themselves", "queue", q.name, "error", err)
+	}
 }
 
 // awaitScanLocked waits, with mu released, for the refill or depage under way to end.

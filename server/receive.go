@@ -95,6 +95,9 @@ func (q *queue) receive(ctx context.Context, p ReceiveParams) ([]Delivery, error
 		}
 		now = q.l.now()
 		ds, took, drop, dead := q.takeLocked(maxN, lease, now)
+		if len(ds) > 0 {
+			q.prefetchLocked(now.UnixMilli())
+		}
 		if len(ds) == 0 && rerr != nil {
 			q.mu.Unlock()
 			return nil, rerr

@@ -180,3 +180,42 @@ func TestBacklogLargerThanWindow(t *testing.T) {
 		require.Zero(t, cnt)
 	})
 }
+
+// TestWindowReadAhead checks that a receive leaving less than half a window of ready
+// messages starts a read of the next ones in the background: the window fills up
+// again with no further receive, and the queue still delivers everything once, in
+// order.
+func TestWindowReadAhead(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, url string) {
+		const window = 10
+		b := setupURL(t, url, server.Config{WindowSize: window})
+		mustCreateQueue(t, b.srv, "q", server.QueueConfig{})
+		var want []string
+		var msgs []server.Message
+		for i := range 100 {
+			want = append(want, fmt.Sprintf("m%03d", i))
+			msgs = append(msgs, server.Message{Body: []byte(want[i])})
+		}
+		publishMsgs(t, b.srv, "q", msgs...)
+		b.restart(t) // the window starts empty
+		require.Zero(t, info(t, b.srv, "q").InMemory)
+
+		got := bodies(receive(t, b.srv, "q", server.ReceiveParams{Max: 1}))
+		require.Equal(t, int64(window), info(t, b.srv, "q").InMemory, "the receive read one window")
+		got = append(got, bodies(receive(t, b.srv, "q", server.ReceiveParams{Max: 5}))...)
+		// 4 ready left, fewer than half a window: the next window comes by itself.
+		require.Eventually(t, func() bool { return info(t, b.srv, "q").InMemory == 2*window },
+			10*time.Second, 5*time.Millisecond, "read-ahead of the next window")
+		require.NoError(t, server.CheckWindow(b.srv, "q"))
+		for len(got) < len(want) {
+			ds := receive(t, b.srv, "q", server.ReceiveParams{Max: 7})
+			require.NotEmpty(t, ds)
+			got = append(got, bodies(ds)...)
+			ack(t, b.srv, "q", receipts(ds)...)
+			require.LessOrEqual(t, info(t, b.srv, "q").InMemory, int64(3*window), "the window stays bounded")
+		}
+		require.Equal(t, want, got)
+		require.NoError(t, server.CheckWindow(b.srv, "q"))
+	})
+}

@@ -443,7 +443,8 @@ func (r *runner) sqlite(ctx context.Context, prefix string) {
 		return
 	}
 	defer os.RemoveAll(dir)
-	b, err := startBroker(ctx, r.log, r.o.binary, "sqlite:"+filepath.Join(dir, "tablemq.db"), prefix)
+	b, err := startBrokerWith(ctx, r.log, launchOptions{binary: r.o.binary, store: "sqlite:" + filepath.Join(dir, "tablemq.db"),
+		prefix: prefix, name: "bench", pprof: r.o.profiles != ""})
 	if err != nil {
 		r.failed(id, name, c, err)
 		return
@@ -460,6 +461,7 @@ func (r *runner) sqlite(ctx context.Context, prefix string) {
 	var pubS *sample
 	var pubErr error
 	m := startCPU(b.pid(), "") // the database is inside the broker
+	wait := r.profile(b, id)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -476,6 +478,7 @@ func (r *runner) sqlite(ctx context.Context, prefix string) {
 	})
 	<-done
 	m.stop(s)
+	wait()
 	if err == nil {
 		err = pubErr
 	}

@@ -193,6 +193,9 @@ func (d *Driver) Close() error {
 		d.scans = nil
 	}
 	d.scanMu.Unlock()
+	if d.ckpt != nil {
+		err = errors.Join(err, d.ckpt.close())
+	}
 	if err != nil {
 		_ = d.Core.Close()
 		return fmt.Errorf("sqlite: close: %w", err)

@@ -17,6 +17,9 @@
 // prepared once on the read pool, and written so that SQLite reads the lane index in
 // order instead of sorting the rows.
 //
+// Checkpoints (checkpoint.go) run in the background on a connection of their own, so
+// that the write connection only appends to the log and syncs it.
+//
 // Fencing: the epoch row is read inside the IMMEDIATE transaction. SQLite has one writer
 // at a time, so an EpochBump (itself an IMMEDIATE transaction) is strictly before or
 // after any batch, and a batch after it sees the new epoch and aborts with ErrFenced.
@@ -85,6 +88,7 @@ type Driver struct {
 	closed atomic.Bool
 	scanMu sync.Mutex // guards scans
 	scans  *scanStmts
+	ckpt   *checkpointer // nil until Open succeeded
 }
 
 var _ sqlstore.Driver = (*Driver)(nil)
@@ -111,7 +115,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if strings.ContainsAny(cfg.DSN, "?#") {
 		return nil, fmt.Errorf("sqlite: database path %q must not contain '?' or '#'", cfg.DSN)
 	}
-	writeDSN := dsn(cfg, true)
+	writeDSN := dsn(cfg, roleWrite)
 	write, err := sql.Open("sqlite", writeDSN)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.DSN, err)
@@ -120,7 +124,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	write.SetMaxIdleConns(1)
 	write.SetConnMaxIdleTime(0)
 	write.SetConnMaxLifetime(0)
-	read, err := sql.Open("sqlite", dsn(cfg, false))
+	read, err := sql.Open("sqlite", dsn(cfg, roleRead))
 	if err != nil {
 		_ = write.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.DSN, err)
@@ -175,21 +179,45 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		_ = d.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.DSN, interpretError(err))
 	}
+	ckpt, err := sql.Open("sqlite", dsn(cfg, roleCheckpoint))
+	if err != nil {
+		_ = d.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.DSN, err)
+	}
+	ckpt.SetMaxOpenConns(1)
+	ckpt.SetMaxIdleConns(1)
+	ckpt.SetConnMaxIdleTime(0)
+	ckpt.SetConnMaxLifetime(0)
+	d.ckpt = startCheckpointer(ckpt, cfg.Logger)
 	return d, nil
 }
 
-// dsn renders the modernc DSN: WAL, synchronous=FULL, busy_timeout, no foreign keys,
-// and BEGIN IMMEDIATE for the write pool; the read pool is query-only.
-func dsn(cfg Config, write bool) string {
+// connRole is what a pool of connections is for; dsn sets each one up accordingly.
+type connRole int
+
+const (
+	roleWrite      connRole = iota // batches and lease statements: BEGIN IMMEDIATE
+	roleRead                       // scans: query-only
+	roleCheckpoint                 // the background checkpoints (checkpoint.go)
+)
+
+// dsn renders the modernc DSN: WAL, synchronous=FULL, busy_timeout, no foreign keys;
+// BEGIN IMMEDIATE and the backstop automatic checkpoint for writing connections, a
+// query-only read pool, and no automatic checkpoint on the checkpointer's own connection.
+func dsn(cfg Config, role connRole) string {
 	q := url.Values{}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", cfg.BusyTimeout.Milliseconds()))
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous(FULL)")
 	q.Add("_pragma", "foreign_keys(0)")
-	if write {
+	switch role {
+	case roleWrite:
 		q.Set("_txlock", "immediate")
-	} else {
+		q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", autoCheckpointPages))
+	case roleRead:
 		q.Add("_pragma", "query_only(1)")
+	case roleCheckpoint:
+		q.Add("_pragma", "wal_autocheckpoint(0)")
 	}
 	return "file:" + cfg.DSN + "?" + q.Encode()
 }

@@ -108,3 +108,39 @@ func TestRelativePath(t *testing.T) {
 	_, err = os.Stat("rel.db")
 	require.NoError(t, err)
 }
+
+// TestBackgroundCheckpoint checks that the driver copies the write-ahead log into the
+// database file in the background: commits alone (their automatic checkpoint waits
+// for a much longer log) would leave the file at its initial size.
+func TestBackgroundCheckpoint(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := path(testdb.SQLite(t))
+	d, err := sqlite.Open(ctx, sqlite.Config{DSN: p, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	defer d.Close()
+	require.NoError(t, d.Migrate(ctx))
+	epoch, err := d.EpochBump(ctx)
+	require.NoError(t, err)
+	st, err := os.Stat(p)
+	require.NoError(t, err)
+	initial := st.Size()
+
+	body := make([]byte, 1024)
+	const rows = 4000 // about 1000 pages of 4 KiB, well below the automatic checkpoint
+	for first := int64(1); first <= rows; first += 500 {
+		ms := make([]sqlstore.Message, 500)
+		for i := range ms {
+			ms[i] = sqlstore.Message{Queue: "q", ID: first + int64(i), CreatedAt: 1, Body: body}
+		}
+		require.NoError(t, d.BatchCommit(ctx, &sqlstore.BatchCommitParams{Epoch: epoch, Batch: &sqlstore.Batch{MessageInserts: ms}}))
+	}
+	require.Eventually(t, func() bool {
+		st, err := os.Stat(p)
+		return err == nil && st.Size() >= initial+rows*1024
+	}, 10*time.Second, 10*time.Millisecond, "the database file takes in the log's pages")
+	n, err := d.MessageCount(ctx, "q")
+	require.NoError(t, err)
+	require.Equal(t, int64(rows), n)
+}
