@@ -116,12 +116,6 @@ func launch(o launchOptions) (*broker, error) {
 	return b, nil
 }
 
-// startBroker starts a broker (--ha-policy none) on store with its tables named with
-// prefix and waits until it is ready.
-func startBroker(ctx context.Context, log *slog.Logger, binary, store, prefix string) (*broker, error) {
-	return startBrokerWith(ctx, log, launchOptions{binary: binary, store: store, prefix: prefix, name: "bench"})
-}
-
 // startBrokerWith launches a broker and waits until its /readyz answers 200.
 func startBrokerWith(ctx context.Context, log *slog.Logger, o launchOptions) (*broker, error) {
 	b, err := launch(o)
