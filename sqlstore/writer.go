@@ -16,13 +16,17 @@ const (
 	MaxBatchBytesDefault = 16 << 20
 	CommitTimeoutDefault = 30 * time.Second
 	// LanesDefault is the number of transactions a Writer keeps in flight at once when
-	// WriterConfig.Lanes is 0. Measured (2026-11-22, PostgreSQL 15 on the same 2 vCPU
-	// as the broker and the load generator, see BENCHMARKS.md): 4 lanes did not raise
-	// throughput there (the machine is CPU-bound, and a group commit already shares
-	// one WAL flush among all its requests), so the default stays at one transaction
-	// at a time. More lanes are for a database whose commits wait on something other
-	// than this machine's CPU (a remote server, a slow disk).
-	LanesDefault = 1
+	// WriterConfig.Lanes is 0 (on PostgreSQL; DialectMaxLanes caps the others at 1).
+	// Measured (2026-11-22, PostgreSQL 15 on the same 2 vCPU as the broker and the
+	// load generator, see BENCHMARKS.md): with one lane the writer was busy 96 % of
+	// the time under batch publishing while the machine still had CPU to spare (the
+	// broker encodes a batch while PostgreSQL waits, and the other way round); a
+	// second lane, opened only for batches of LaneMinRows or more, raised batch
+	// publishing by about a tenth and left one-message publishing as it was. 4 lanes
+	// did not do better on that CPU-bound machine; more are for a database whose
+	// commits wait on something other than this machine's CPU (a remote server, a
+	// slow disk).
+	LanesDefault = 2
 	// LanesMax is the largest number of lanes: each lane commits on a counter slot of
 	// its own (0..SlotMax).
 	LanesMax = SlotMax + 1
@@ -134,6 +138,13 @@ type Writer struct {
 	// it ends, for grow.
 	busy     atomic.Int32
 	finished chan struct{}
+	// With more than one lane, queued counts the rows of the requests in reqs and
+	// holding the rows of the batch grow holds back (0 when none); Write sends on
+	// enough (without blocking) when the two reach LaneMinRows, so that grow wakes only
+	// when another lane is worth opening, not at every request.
+	queued  atomic.Int64
+	holding atomic.Int64
+	enough  chan struct{}
 
 	epoch  atomic.Int64
 	fenced atomic.Bool
@@ -163,6 +174,7 @@ func NewWriter(drv Driver, epoch int64, cfg WriterConfig) *Writer {
 		free: make(chan int, cfg.Lanes),
 		// finished is buffered so that a lane never waits on it.
 		finished: make(chan struct{}, 1),
+		enough:   make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
@@ -247,6 +259,14 @@ func (w *Writer) Write(ctx context.Context, b *Batch) error {
 		return ctx.Err()
 	}
 	w.mu.Unlock()
+	if w.cfg.Lanes > 1 {
+		if w.queued.Add(int64(b.rows()))+w.holding.Load() >= int64(w.cfg.LaneMinRows) {
+			select {
+			case w.enough <- struct{}{}:
+			default: // a signal is pending already
+			}
+		}
+	}
 	return <-req.done
 }
 
@@ -297,15 +317,23 @@ func (w *Writer) run() {
 func (w *Writer) next() *writeRequest {
 	select {
 	case r := <-w.reqs:
-		return r
+		return w.took(r)
 	case <-w.stop:
 		select {
 		case r := <-w.reqs:
-			return r
+			return w.took(r)
 		default:
 			return nil
 		}
 	}
+}
+
+// took accounts for r leaving the queue and returns it.
+func (w *Writer) took(r *writeRequest) *writeRequest {
+	if w.cfg.Lanes > 1 {
+		w.queued.Add(-int64(r.batch.rows()))
+	}
+	return r
 }
 
 // idle waits until every lane is idle and takes them all: no transaction is in
@@ -324,8 +352,9 @@ func (w *Writer) release() {
 }
 
 // grow holds back a batch smaller than LaneMinRows while another lane is in flight:
-// it adds the requests that arrive until the batch reaches LaneMinRows rows or a lane
-// finishes, whichever comes first. It returns a request it took but could not add.
+// it adds the queued requests when, together, they reach LaneMinRows rows (Write
+// signals enough), or once a lane finishes, whichever comes first. It returns a
+// request it took but could not add.
 func (w *Writer) grow(batch *[]*writeRequest) *writeRequest {
 	rows, bytes := 0, 0
 	for _, r := range *batch {
@@ -337,20 +366,47 @@ func (w *Writer) grow(batch *[]*writeRequest) *writeRequest {
 	}
 	// A lane sends on finished after it lowered busy: a signal left from before is
 	// dropped first, then every lane that ends after the check of busy wakes the wait.
+	// Likewise for enough: holding is published before the queue is looked at, so a
+	// request queued after that look sees it and signals once the rows suffice.
 	select {
 	case <-w.finished:
 	default:
 	}
-	for rows < w.cfg.LaneMinRows && w.busy.Load() > 0 {
+	select {
+	case <-w.enough:
+	default:
+	}
+	w.holding.Store(int64(rows))
+	defer w.holding.Store(0)
+	for w.busy.Load() > 0 {
+		if r := w.drain(batch, &rows, &bytes); r != nil || rows >= w.cfg.LaneMinRows {
+			return r
+		}
+		select {
+		case <-w.enough:
+		case <-w.finished:
+			return w.drain(batch, &rows, &bytes)
+		}
+	}
+	return w.drain(batch, &rows, &bytes)
+}
+
+// drain adds the queued requests to batch, without waiting, up to the batch bounds,
+// keeping rows, bytes and holding up to date. It returns a request it took but could
+// not add.
+func (w *Writer) drain(batch *[]*writeRequest, rows, bytes *int) *writeRequest {
+	for *rows < w.cfg.MaxBatchRows && *bytes < w.cfg.MaxBatchBytes {
 		select {
 		case r := <-w.reqs:
-			if r.batch.barrier() || rows+r.batch.rows() > w.cfg.MaxBatchRows || bytes+r.batch.bytes() > w.cfg.MaxBatchBytes {
+			w.took(r)
+			if r.batch.barrier() || *rows+r.batch.rows() > w.cfg.MaxBatchRows || *bytes+r.batch.bytes() > w.cfg.MaxBatchBytes {
 				return r
 			}
 			*batch = append(*batch, r)
-			rows += r.batch.rows()
-			bytes += r.batch.bytes()
-		case <-w.finished:
+			*rows += r.batch.rows()
+			*bytes += r.batch.bytes()
+			w.holding.Store(int64(*rows))
+		default:
 			return nil
 		}
 	}
@@ -381,6 +437,7 @@ func (w *Writer) fill(batch *[]*writeRequest) *writeRequest {
 				return nil
 			}
 		}
+		w.took(r)
 		if r.batch.barrier() || rows+r.batch.rows() > w.cfg.MaxBatchRows || bytes+r.batch.bytes() > w.cfg.MaxBatchBytes {
 			return r
 		}

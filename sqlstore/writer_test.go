@@ -156,6 +156,9 @@ type writerBundle struct {
 func setupWriter(t *testing.T, cfg WriterConfig) *writerBundle {
 	t.Helper()
 	drv := &fakeDriver{epoch: 1}
+	if cfg.Lanes == 0 {
+		cfg.Lanes = 1 // the tests without Lanes are about one transaction at a time
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -713,6 +716,7 @@ func TestWriterLaneMinRows(t *testing.T) {
 	// One more row, handed to the dispatcher directly so that the test knows when it
 	// was taken: it waits, as two lanes are in flight and it is alone.
 	req := &writeRequest{batch: one(5), done: make(chan error, 1)}
+	b.w.queued.Add(1) // as Write does
 	b.w.reqs <- req
 	b.queued(t, 0)
 	select {
@@ -734,4 +738,42 @@ func TestWriterLaneMinRows(t *testing.T) {
 		sizes = append(sizes, c.rows())
 	}
 	require.ElementsMatch(t, []int{1, 4, 1}, sizes)
+}
+
+// A batch held back below LaneMinRows takes in the requests queued meanwhile when the
+// lane in flight finishes, and commits them as one transaction; requests that stay
+// below LaneMinRows together never wake it before that.
+func TestWriterLaneMinRowsTakesQueuedOnFinish(t *testing.T) {
+	t.Parallel()
+	b := setupWriter(t, WriterConfig{Lanes: 2, LaneMinRows: 10})
+	entered, release := b.drv.block()
+	t.Cleanup(release)
+	r0 := b.writeAsync(one(0))
+	enter(t, entered, 1)
+	// Handed to the dispatcher directly, so that the test knows when it was taken: it
+	// is held back, as it is alone below LaneMinRows while a lane is in flight.
+	held := &writeRequest{batch: one(1), done: make(chan error, 1)}
+	b.w.queued.Add(1) // as Write does
+	b.w.reqs <- held
+	b.queued(t, 0)
+	var rs []<-chan error
+	for i := int64(2); i < 5; i++ { // three more rows: still below LaneMinRows together
+		rs = append(rs, b.writeAsync(one(i)))
+	}
+	// Every row is held back or queued once Write counted it.
+	require.Eventually(t, func() bool { return b.w.holding.Load() > 0 && b.w.holding.Load()+b.w.queued.Load() == 4 },
+		10*time.Second, 100*time.Microsecond)
+	select {
+	case <-entered:
+		t.Fatal("a batch below LaneMinRows started a second transaction")
+	case <-time.After(20 * time.Millisecond):
+	}
+	release()
+	require.NoError(t, <-r0)
+	require.NoError(t, <-held.done)
+	for _, r := range rs {
+		require.NoError(t, <-r)
+	}
+	require.Equal(t, []int{1, 4}, b.drv.commitRows())
+	require.Equal(t, 1, b.drv.maxInFlight)
 }

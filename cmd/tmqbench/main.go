@@ -44,6 +44,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -66,6 +67,7 @@ type options struct {
 	keep     bool
 	only     string
 	profiles string // directory of per-scenario broker CPU profiles, or ""
+	selfProf string // file of the load generator's own CPU profile, or ""
 
 	failover bool      // measure failover instead of throughput
 	rounds   int       // rounds of each failover measurement
@@ -87,6 +89,7 @@ func run() error {
 	flag.BoolVar(&o.keep, "keep", false, "keep the benchmark tables afterwards")
 	flag.StringVar(&o.only, "only", "", "run only scenarios whose name contains this")
 	flag.StringVar(&o.profiles, "profile-dir", "", "save a CPU profile of the broker during each broker scenario to this directory (go tool pprof)")
+	flag.StringVar(&o.selfProf, "cpuprofile", "", "write a CPU profile of the load generator itself (this process) to this file")
 	flag.BoolVar(&o.failover, "failover", false, "measure kill -9 failover and graceful handover times instead of throughput")
 	flag.IntVar(&o.rounds, "rounds", 20, "with --failover: rounds of each measurement")
 	flag.DurationVar(&o.ha.renew, "lock-renew-period", 0, "with --failover or --memory: tablemq --lock-renew-period (0: its default; 200ms with --memory)")
@@ -107,6 +110,17 @@ func run() error {
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
+	if o.selfProf != "" {
+		f, err := os.Create(o.selfProf)
+		if err != nil {
+			return fmt.Errorf("open --cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var w io.Writer = os.Stdout
 	if o.out != "" {
 		f, err := os.OpenFile(o.out, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
