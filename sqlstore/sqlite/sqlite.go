@@ -116,14 +116,10 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("sqlite: database path %q must not contain '?' or '#'", cfg.DSN)
 	}
 	writeDSN := dsn(cfg, roleWrite)
-	write, err := sql.Open("sqlite", writeDSN)
+	write, err := openOne(writeDSN)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.DSN, err)
 	}
-	write.SetMaxOpenConns(1)
-	write.SetMaxIdleConns(1)
-	write.SetConnMaxIdleTime(0)
-	write.SetConnMaxLifetime(0)
 	read, err := sql.Open("sqlite", dsn(cfg, roleRead))
 	if err != nil {
 		_ = write.Close()
@@ -134,16 +130,12 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	// The lease statements have a connection of their own (also BEGIN IMMEDIATE), so
 	// they never wait for the write connection to be free in the pool; they still wait
 	// (busy_timeout) for the database write lock while a batch commits.
-	lease, err := sql.Open("sqlite", writeDSN)
+	lease, err := openOne(writeDSN)
 	if err != nil {
 		_ = write.Close()
 		_ = read.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.DSN, err)
 	}
-	lease.SetMaxOpenConns(1)
-	lease.SetMaxIdleConns(1)
-	lease.SetConnMaxIdleTime(0)
-	lease.SetConnMaxLifetime(0)
 
 	d := &Driver{cfg: cfg, logger: cfg.Logger, read: read}
 	d.Core = stdsql.New(stdsql.Dialect{
@@ -179,17 +171,26 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		_ = d.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.DSN, interpretError(err))
 	}
-	ckpt, err := sql.Open("sqlite", dsn(cfg, roleCheckpoint))
+	ckpt, err := openOne(dsn(cfg, roleCheckpoint))
 	if err != nil {
 		_ = d.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.DSN, err)
 	}
-	ckpt.SetMaxOpenConns(1)
-	ckpt.SetMaxIdleConns(1)
-	ckpt.SetConnMaxIdleTime(0)
-	ckpt.SetConnMaxLifetime(0)
 	d.ckpt = startCheckpointer(ckpt, cfg.Logger)
 	return d, nil
+}
+
+// openOne opens a pool of exactly one connection, kept open for the pool's life.
+func openOne(dsn string) (*sql.DB, error) {
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
+	db.SetConnMaxIdleTime(0)
+	db.SetConnMaxLifetime(0)
+	return db, nil
 }
 
 // connRole is what a pool of connections is for; dsn sets each one up accordingly.
