@@ -23,7 +23,7 @@ const (
 	// broker encodes a batch while PostgreSQL waits, and the other way round); a
 	// second lane, opened only for batches of LaneMinRows or more, raised batch
 	// publishing by about a tenth and left one-message publishing as it was. 4 lanes
-	// did not do better on that CPU-bound machine; more are for a database whose
+	// did no better than 2 on that CPU-bound machine; more are for a database whose
 	// commits wait on something other than this machine's CPU (a remote server, a
 	// slow disk).
 	LanesDefault = 2
