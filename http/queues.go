@@ -163,66 +163,6 @@ func (q queuesResource) publishBatch(w http.ResponseWriter, r *http.Request) {
 	q.a.publishBatch(w, r, chi.URLParam(r, "queue"), q.a.b.PublishQueue)
 }
 
-// deliveryJSON is one received message.
-type deliveryJSON struct {
-	ID             string            `json:"id"`
-	Receipt        string            `json:"receipt"`
-	Data           []byte            `json:"data"` // base64 (standard, padded)
-	ContentType    string            `json:"content_type"`
-	DeliveryCount  int               `json:"delivery_count"`
-	Redelivered    bool              `json:"redelivered"`
-	Headers        map[string]string `json:"headers"`
-	Priority       int               `json:"priority"`
-	PublishedAt    string            `json:"published_at"`     // RFC 3339, UTC
-	LeaseExpiresAt string            `json:"lease_expires_at"` // RFC 3339, UTC
-	// Large marks a message whose body is not inlined (Data is empty): read it from
-	// GET .../messages/{id}/body. Size is the body size in bytes.
-	Large bool  `json:"large"`
-	Size  int64 `json:"size"`
-}
-
-// receiveResponse is the answer of a receive.
-type receiveResponse struct {
-	Messages []deliveryJSON `json:"messages"`
-}
-
-// deliveriesJSON renders deliveries for a receive response. Bodies stay []byte, which
-// encoding/json writes as base64 straight into its buffer, and times are formatted
-// here as time.Time's MarshalJSON does (RFC 3339 with nanoseconds, UTC), which spares
-// the encoder a call and a re-scan per field: the same JSON at a third of the CPU (BenchmarkReceiveResponse).
-func deliveriesJSON(ds []server.Delivery) []deliveryJSON {
-	out := make([]deliveryJSON, 0, len(ds))
-	for _, d := range ds {
-		h := d.Headers
-		if h == nil {
-			h = map[string]string{}
-		}
-		ct := d.ContentType
-		if ct == "" {
-			ct = defaultContentType
-		}
-		body := d.Body
-		if body == nil {
-			body = []byte{} // "" rather than null (large messages)
-		}
-		out = append(out, deliveryJSON{
-			ID:             d.ID,
-			Receipt:        d.Receipt,
-			Data:           body,
-			ContentType:    ct,
-			DeliveryCount:  d.DeliveryCount,
-			Redelivered:    d.Redelivered,
-			Headers:        h,
-			Priority:       d.Priority,
-			PublishedAt:    d.PublishedAt.UTC().Format(time.RFC3339Nano),
-			LeaseExpiresAt: d.LeaseExpires.UTC().Format(time.RFC3339Nano),
-			Large:          d.Large,
-			Size:           d.Size,
-		})
-	}
-	return out
-}
-
 // receive serves POST /v1/queues/{queue}/receive (long poll up to wait).
 func (q queuesResource) receive(w http.ResponseWriter, r *http.Request) {
 	body, err := readBody(w, r, q.a.cfg.MaxRequestBytes)
@@ -240,8 +180,7 @@ func (q queuesResource) receive(w http.ResponseWriter, r *http.Request) {
 		q.a.writeError(w, r, err)
 		return
 	}
-	out := receiveResponse{Messages: deliveriesJSON(ds)}
-	writeJSON(w, http.StatusOK, out)
+	writeReceive(w, ds)
 }
 
 // receiptResultJSON is the outcome of one receipt.
