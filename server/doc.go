@@ -217,8 +217,10 @@
 //	live.adminMu (queue, address and binding changes, held across their store write)
 //	live.metaMu  (the queue and address maps; never held across I/O)
 //	queue.mu     (one queue; never held across I/O; never two queues at once)
-//	dedupSet.mu, pageLog.mu, live.logsMu (leaves)
+//	dedupSet.mu, pageLog.mu, live.logsMu, live.bgMu (leaves)
 //
 // Server.lifeMu serialises Activate and Deactivate and is taken by nothing else;
-// Server.doneMu guards the Done channel only (a leaf).
+// Server.doneMu guards the Done channel only (a leaf). Deactivation waits for the
+// background work (live.bg: the queues' read-ahead) holding no queue lock, so a
+// read-ahead, which takes queue.mu, can always finish.
 package server

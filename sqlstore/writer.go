@@ -398,13 +398,9 @@ func (w *Writer) drain(batch *[]*writeRequest, rows, bytes *int) *writeRequest {
 	for *rows < w.cfg.MaxBatchRows && *bytes < w.cfg.MaxBatchBytes {
 		select {
 		case r := <-w.reqs:
-			w.took(r)
-			if r.batch.barrier() || *rows+r.batch.rows() > w.cfg.MaxBatchRows || *bytes+r.batch.bytes() > w.cfg.MaxBatchBytes {
+			if !w.add(batch, w.took(r), rows, bytes) {
 				return r
 			}
-			*batch = append(*batch, r)
-			*rows += r.batch.rows()
-			*bytes += r.batch.bytes()
 			w.holding.Store(int64(*rows))
 		default:
 			return nil
@@ -437,15 +433,23 @@ func (w *Writer) fill(batch *[]*writeRequest) *writeRequest {
 				return nil
 			}
 		}
-		w.took(r)
-		if r.batch.barrier() || rows+r.batch.rows() > w.cfg.MaxBatchRows || bytes+r.batch.bytes() > w.cfg.MaxBatchBytes {
+		if !w.add(batch, w.took(r), &rows, &bytes) {
 			return r
 		}
-		*batch = append(*batch, r)
-		rows += r.batch.rows()
-		bytes += r.batch.bytes()
 	}
 	return nil
+}
+
+// add appends r to batch and counts its rows and bytes, unless r must commit alone
+// (a barrier) or would take the batch past its bounds: then it reports false.
+func (w *Writer) add(batch *[]*writeRequest, r *writeRequest, rows, bytes *int) bool {
+	if r.batch.barrier() || *rows+r.batch.rows() > w.cfg.MaxBatchRows || *bytes+r.batch.bytes() > w.cfg.MaxBatchBytes {
+		return false
+	}
+	*batch = append(*batch, r)
+	*rows += r.batch.rows()
+	*bytes += r.batch.bytes()
+	return true
 }
 
 // commit commits the requests as one transaction on counter slot slot (the lane's) and
