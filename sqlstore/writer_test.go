@@ -777,3 +777,18 @@ func TestWriterLaneMinRowsTakesQueuedOnFinish(t *testing.T) {
 	require.Equal(t, []int{1, 4}, b.drv.commitRows())
 	require.Equal(t, 1, b.drv.maxInFlight)
 }
+
+// With SyncPeriod (journal-sync-period), the writer waits for more requests before it
+// commits a batch: a request arriving after the first was taken joins its transaction.
+func TestWriterSyncPeriodWaitsForMore(t *testing.T) {
+	t.Parallel()
+	b := setupWriter(t, WriterConfig{SyncPeriod: 10 * time.Second, MaxBatchRows: 2})
+	// Handed to the dispatcher directly, so that the test knows when it was taken.
+	r0 := &writeRequest{batch: one(0), done: make(chan error, 1)}
+	b.w.reqs <- r0
+	b.queued(t, 0) // taken, and waiting for more
+	r1 := b.writeAsync(one(1))
+	require.NoError(t, <-r0.done) // the second filled the batch: committed at once, not after 10s
+	require.NoError(t, <-r1)
+	require.Equal(t, []int{2}, b.drv.commitRows())
+}
