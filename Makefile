@@ -36,13 +36,25 @@ test-all: ## like test but with -race, and PostgreSQL and MySQL must be reachabl
 	TABLEMQ_TEST_REQUIRE=postgres,mysql $(GO) test -race -count=1 -p 2 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 
+# A run that fails with nothing but "context deadline exceeded" (no failing input
+# written, no panic) is Go 1.26's fuzz coordinator racing its own -fuzztime deadline
+# (go.dev/issue/75804, fixed in Go 1.27), not a finding: such a target runs once more,
+# and fails the target only if that fails too.
 fuzz: ## run each fuzz target (func FuzzXxx in *_test.go) for FUZZTIME (default 5s)
 	@found=0; \
 	for f in $$(grep -rlE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . | sort); do \
 		dir=$$(dirname "$$f"); \
 		for name in $$(grep -oE '^func Fuzz[A-Za-z0-9_]*' "$$f" | sed 's/^func //'); do \
 			found=1; echo "fuzz $$dir $$name ($(FUZZTIME))"; \
-			$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) "$$dir"; \
+			for try in 1 2; do \
+				rc=0; out=$$($(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) "$$dir" 2>&1) || rc=$$?; \
+				echo "$$out"; \
+				if [ $$rc = 0 ]; then break; fi; \
+				if [ $$try = 1 ] && grep -q 'context deadline exceeded' <<<"$$out" && ! grep -qE 'Failing input written|panic:' <<<"$$out"; then \
+					echo "fuzz $$dir $$name: the fuzz coordinator's deadline race (go.dev/issue/75804), no finding: once more"; continue; \
+				fi; \
+				exit $$rc; \
+			done; \
 		done; \
 	done; \
 	if [ $$found = 0 ]; then echo "no fuzz targets found"; fi
