@@ -267,7 +267,9 @@ func TestPrimaryBackupGracefulHandover(t *testing.T) {
 		pcfg.FailoverOnShutdown = true
 		p := b.start(t, pcfg)
 		eventually(t, 5*time.Second, "primary live", p.act.isLive)
-		require.Equal(t, nodemanager.RoleLive, p.m.Status().Role)
+		// The manager reports live once Activate has returned, a moment after the
+		// activator marked itself live.
+		eventually(t, time.Second, "status shows live", func() bool { return p.m.Status().Role == nodemanager.RoleLive })
 		e1 := p.act.lastEpoch()
 
 		bk := b.start(t, testConfig("b", nodemanager.PolicyBackup))
