@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,7 +22,8 @@ import (
 type broker struct {
 	cmd   *exec.Cmd
 	base  string
-	hc    *http.Client
+	hc    *http.Client  // for the few requests outside the scenarios
+	h1    *h1client     // for the scenarios' requests (see h1client)
 	pprof string        // host:port of its --pprof-listen, or ""
 	done  chan struct{} // closed when the process has exited
 }
@@ -108,7 +108,7 @@ func launch(o launchOptions) (*broker, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", o.binary, err)
 	}
-	b := &broker{cmd: cmd, base: "http://" + addr, pprof: pprof, done: make(chan struct{}), hc: &http.Client{
+	b := &broker{cmd: cmd, base: "http://" + addr, h1: newH1Client(addr), pprof: pprof, done: make(chan struct{}), hc: &http.Client{
 		Timeout:   60 * time.Second,
 		Transport: &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 1024, IdleConnTimeout: time.Minute},
 	}}
@@ -158,6 +158,7 @@ func (b *broker) pid() int { return b.cmd.Process.Pid }
 
 // stop stops the broker with SIGTERM, and with SIGKILL after 30 s.
 func (b *broker) stop() {
+	b.h1.close()
 	_ = b.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-b.done:
@@ -168,29 +169,22 @@ func (b *broker) stop() {
 }
 
 func (b *broker) do(ctx context.Context, method, path, ctype string, body []byte, want int, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, b.base+path, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	if ctype != "" {
-		req.Header.Set("Content-Type", ctype)
-	}
-	resp, err := b.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != want {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("%s %s: status %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(msg))
-	}
-	if out != nil {
-		// encoding/json/v2 semantics: a decoder several times faster, so that the load
-		// generator, on the same CPUs as the broker, takes as little of them as it can.
-		return jsonv2.UnmarshalRead(resp.Body, out)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return nil
+	return b.h1.do(ctx, method, path, ctype, nil, body, func(status int, resp []byte) error {
+		if status != want {
+			return statusError(method, path, status, resp)
+		}
+		if out != nil {
+			// encoding/json/v2 semantics: a decoder several times faster, so that the load
+			// generator, on the same CPUs as the broker, takes as little of them as it can.
+			return jsonv2.Unmarshal(resp, out)
+		}
+		return nil
+	})
+}
+
+// statusError is the error of an answer with an unexpected status.
+func statusError(method, path string, status int, body []byte) error {
+	return fmt.Errorf("%s %s: status %d: %s", method, path, status, bytes.TrimSpace(body[:min(len(body), 512)]))
 }
 
 func (b *broker) createQueue(ctx context.Context, q string) error {

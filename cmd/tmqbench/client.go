@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 )
@@ -15,24 +13,16 @@ import (
 
 // put sends PUT path with an optional JSON body and accepts 200 or 201.
 func (b *broker) put(ctx context.Context, path string, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, b.base+path, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
+	ctype := ""
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		ctype = "application/json"
 	}
-	resp, err := b.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("PUT %s: %w", path, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("PUT %s: status %d: %s", path, resp.StatusCode, bytes.TrimSpace(msg))
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return nil
+	return b.h1.do(ctx, http.MethodPut, path, ctype, nil, body, func(status int, resp []byte) error {
+		if status != http.StatusOK && status != http.StatusCreated {
+			return statusError(http.MethodPut, path, status, resp)
+		}
+		return nil
+	})
 }
 
 // depth returns the number of ready messages of q.
@@ -53,27 +43,15 @@ func (b *broker) counts(ctx context.Context, q string) (depth, inFlight int64, e
 	return res.Depth, res.InFlight, nil
 }
 
-// publishTo publishes one message to path (".../messages") with extra headers.
-func (b *broker) publishTo(ctx context.Context, path string, body []byte, hdr map[string]string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.base+path, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := b.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("POST %s: status %d: %s", path, resp.StatusCode, bytes.TrimSpace(msg))
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return nil
+// publishTo publishes one message to path (".../messages") with extra headers (names
+// and values in pairs).
+func (b *broker) publishTo(ctx context.Context, path string, body []byte, hdr []string) error {
+	return b.h1.do(ctx, http.MethodPost, path, "application/octet-stream", hdr, body, func(status int, resp []byte) error {
+		if status != http.StatusCreated {
+			return statusError(http.MethodPost, path, status, resp)
+		}
+		return nil
+	})
 }
 
 // batchBody is the JSON request of a batch publish of n copies of body; it is built

@@ -8,8 +8,9 @@ import (
 	"time"
 )
 
-// CPU accounting: the CPU time the server (the broker process, or RabbitMQ's beam.smp)
-// and the database (every PostgreSQL process) spend during a scenario, read from
+// CPU accounting: the CPU time the server (the broker process, or RabbitMQ's beam.smp),
+// the database (every PostgreSQL process) and the load generator (this process) spend
+// during a scenario, read from
 // /proc, so that the table shows the cost of a message on each side. On a machine
 // whose CPUs are shared by everything of the run, CPU per message is a steadier
 // figure than messages per second: it hardly moves when something else runs beside.
@@ -75,12 +76,13 @@ type cpuMeter struct {
 	serverAt time.Duration         // its CPU time at the start
 	dbName   string                // command name of the database's processes, or ""
 	dbAt     map[int]time.Duration // their CPU times at the start
+	loadAt   time.Duration         // this process's CPU time at the start
 }
 
 // startCPU starts measuring the server process pid (0: none) and the processes named
 // db ("": none).
 func startCPU(pid int, db string) *cpuMeter {
-	m := &cpuMeter{server: pid, dbName: db}
+	m := &cpuMeter{server: pid, dbName: db, loadAt: procCPU(os.Getpid())}
 	if pid > 0 {
 		m.serverAt = procCPU(pid)
 	}
@@ -90,11 +92,13 @@ func startCPU(pid int, db string) *cpuMeter {
 	return m
 }
 
-// stop records in s the CPU time the server and the database used since startCPU.
+// stop records in s the CPU time the server, the database and the load generator
+// used since startCPU.
 func (m *cpuMeter) stop(s *sample) {
 	if s == nil {
 		return
 	}
+	s.loadCPU = procCPU(os.Getpid()) - m.loadAt
 	if m.server > 0 {
 		s.serverCPU = procCPU(m.server) - m.serverAt
 	}

@@ -17,9 +17,9 @@ type agg struct {
 	p50, p99, p999       time.Duration
 	hasLat               bool
 	errs                 int
-	// serverUS and dbUS are the medians of the CPU microseconds per message of the
-	// server process and of the database; 0: not measured.
-	serverUS, dbUS float64
+	// serverUS, dbUS and loadUS are the medians of the CPU microseconds per message
+	// of the server process, of the database and of the load generator; 0: not measured.
+	serverUS, dbUS, loadUS float64
 }
 
 // aggregate takes the median of every scenario over the runs, in first-seen order.
@@ -57,6 +57,7 @@ func aggregate(runs [][]result) []*agg {
 			a.p999 = medianD(ok, 0.999)
 			a.serverUS = medianF(ok, func(x result) float64 { return perMsgUS(x.s.serverCPU, x.s.msgs) })
 			a.dbUS = medianF(ok, func(x result) float64 { return perMsgUS(x.s.dbCPU, x.s.msgs) })
+			a.loadUS = medianF(ok, func(x result) float64 { return perMsgUS(x.s.loadCPU, x.s.msgs) })
 			if len(ok) < len(xs) {
 				a.note += fmt.Sprintf(" (measured in %d of %d runs)", len(ok), len(xs))
 			}
@@ -102,11 +103,11 @@ func find(rows []*agg, id string) *agg {
 var baseLabel = map[string]string{"raw-copy": "raw COPY", "raw-delete": "raw DELETE"}
 
 func printTable(w io.Writer, rows []*agg) {
-	fmt.Fprintln(w, "| scenario | clients | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | ratio to raw | server CPU µs/msg | db CPU µs/msg | notes |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
+	fmt.Fprintln(w, "| scenario | clients | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | ratio to raw | server CPU µs/msg | db CPU µs/msg | load CPU µs/msg | notes |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
 	for _, a := range rows {
 		if a.runs == 0 {
-			fmt.Fprintf(w, "| %s | %d | | | | | | | | | %s |\n", a.name, a.clients, a.note)
+			fmt.Fprintf(w, "| %s | %d | | | | | | | | | | %s |\n", a.name, a.clients, a.note)
 			continue
 		}
 		ratio := ""
@@ -117,8 +118,8 @@ func printTable(w io.Writer, rows []*agg) {
 		if a.hasLat {
 			p50, p99, p999 = ms(a.p50), ms(a.p99), ms(a.p999)
 		}
-		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %s | %d | %s | %s | %s | %s |\n", a.name, a.clients, a.rate,
-			p50, p99, p999, a.errs, ratio, us(a.serverUS), us(a.dbUS), a.note)
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %s | %d | %s | %s | %s | %s | %s |\n", a.name, a.clients, a.rate,
+			p50, p99, p999, a.errs, ratio, us(a.serverUS), us(a.dbUS), us(a.loadUS), a.note)
 	}
 }
 

@@ -21,9 +21,10 @@ type sample struct {
 	lat     []time.Duration
 	errs    int
 	lastErr error
-	// serverCPU and dbCPU are the CPU time the server process and the database's
-	// processes used during the scenario; 0 when not measured (see cpu.go).
-	serverCPU, dbCPU time.Duration
+	// serverCPU, dbCPU and loadCPU are the CPU time the server process, the
+	// database's processes and this load generator used during the scenario; 0 when
+	// not measured (see cpu.go).
+	serverCPU, dbCPU, loadCPU time.Duration
 }
 
 func (s *sample) rate() float64 {

@@ -299,7 +299,7 @@ func (r *runner) steady(ctx context.Context, b *broker, rate float64, why string
 			errs := 0
 			var lastErr error
 			for t := range tickets {
-				hdr := map[string]string{"Tmq-Header-Sched": strconv.FormatInt(t.UnixNano(), 10)}
+				hdr := []string{"Tmq-Header-Sched", strconv.FormatInt(t.UnixNano(), 10)}
 				if err := b.publishTo(ctx, "/v1/queues/"+q+"/messages", r.body, hdr); err != nil {
 					errs++
 					lastErr = err
