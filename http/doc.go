@@ -65,6 +65,9 @@
 //     (not JSON, no messages: 400; more than 1000 messages or too many bytes: 413) fails
 //     the request. When every
 //     message is invalid the broker is not called, so an unknown queue is not reported.
+//     A message of a batch holds at most Config.LargeMessageThreshold bytes (and
+//     Config.MaxBodyBytes): it is stored whole in the messages table, so a larger body
+//     gets a per-message 413 too_large and is to be published alone, streamed.
 //   - Receipts (ack, nack, extend): 1..1000 receipts (more: 413 too_large); each gets {"receipt", "ok"} and
 //     on failure an error with code receipt_unknown, receipt_stale or receipt_invalid.
 //     Extend requires lease; nack's delay is optional (0 = deliverable at once).

@@ -62,11 +62,12 @@ var _ Broker = (*server.Server)(nil)
 // Config configures the HTTP API. Zero values mean the defaults.
 type Config struct {
 	// MaxBodyBytes bounds the body of one message (a single publish, or one decoded
-	// message of a batch). Pass the server's MaxMessageSize; 0 means
-	// server.MaxMessageSizeDefault.
+	// message of a batch, which LargeMessageThreshold bounds too). Pass the server's
+	// MaxMessageSize; 0 means server.MaxMessageSizeDefault.
 	MaxBodyBytes int64
 	// LargeMessageThreshold is the body size above which a single publish is streamed
-	// to the broker (Broker.PublishStream) instead of read whole. Pass the server's
+	// to the broker (Broker.PublishStream) instead of read whole, and the largest body
+	// of a message of a batch publish. Pass the server's
 	// LargeMessageThreshold; 0 means server.LargeMessageThresholdDefault.
 	LargeMessageThreshold int64
 	// MaxRequestBytes bounds a JSON request body; 0 means MaxRequestBytesDefault.

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -97,6 +98,57 @@ func TestLargeMessages(t *testing.T) {
 		ack := receipts(t, h, "q", "ack", map[string]any{"receipts": []string{m.Receipt}})
 		require.True(t, ack.Results[0].OK)
 		requireError(t, do(t, h, http.MethodGet, bodyPath("q", m.ID, m.Receipt), nil), http.StatusBadRequest, CodeReceiptUnknown)
+	})
+}
+
+// TestBatchAboveLargeThreshold: a message of a batch is stored whole, so a body above
+// the large-message threshold is refused on its own (413 too_large) and the others of
+// the batch are published; the same body published alone is stored as a large message.
+func TestBatchAboveLargeThreshold(t *testing.T) {
+	t.Parallel()
+	forEachBroker(t, Config{LargeMessageThreshold: 1024, MaxBodyBytes: 1 << 20}, func(t *testing.T, b *bundle) {
+		h := b.h
+		createQueue(t, h, "q")
+		enc := base64.StdEncoding.EncodeToString
+		big := randomBytes(5, 200<<10)
+		r := do(t, h, http.MethodPost, "/v1/queues/q/messages/batch", map[string]any{"messages": []any{
+			map[string]any{"data": enc(big[:1024])}, // exactly the threshold: stored
+			map[string]any{"data": enc(big[:1025])},
+			map[string]any{"data": enc(big)},
+			map[string]any{"data": enc([]byte("small"))},
+		}})
+		require.Equal(t, http.StatusOK, r.Status, "body: %s", r.Body)
+		var out struct {
+			Results []struct {
+				ID    string       `json:"id"`
+				Error *ErrorDetail `json:"error"`
+			} `json:"results"`
+		}
+		require.NoError(t, json.Unmarshal(r.Body, &out))
+		require.Len(t, out.Results, 4)
+		require.NotEmpty(t, out.Results[0].ID)
+		require.NotEmpty(t, out.Results[3].ID)
+		for i := 1; i <= 2; i++ {
+			require.Empty(t, out.Results[i].ID)
+			require.NotNil(t, out.Results[i].Error, "body: %s", r.Body)
+			require.Equal(t, CodeTooLarge, out.Results[i].Error.Code)
+			require.Contains(t, out.Results[i].Error.Message, fmt.Sprintf("messages[%d].data", i))
+			require.Contains(t, out.Results[i].Error.Message, "1024 bytes")
+		}
+		d, _ := depth(t, h, "q")
+		require.Equal(t, 2, d)
+
+		// Alone, the same body is a large message.
+		require.Equal(t, http.StatusCreated, do(t, h, http.MethodPost, "/v1/queues/q/messages", big).Status)
+		rr := do(t, h, http.MethodPost, "/v1/queues/q/receive", map[string]any{"max": 10})
+		require.Equal(t, http.StatusOK, rr.Status, "body: %s", rr.Body)
+		var got largeAnswer
+		require.NoError(t, json.Unmarshal(rr.Body, &got))
+		require.Len(t, got.Messages, 3)
+		require.False(t, *got.Messages[0].Large)
+		require.Equal(t, enc(big[:1024]), got.Messages[0].Data)
+		require.True(t, *got.Messages[2].Large)
+		require.EqualValues(t, 200<<10, *got.Messages[2].Size)
 	})
 }
 

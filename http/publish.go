@@ -278,6 +278,13 @@ func decodeBatchSlow(data []byte, maxBody int64) ([]batchEntry, error) {
 	return out, nil
 }
 
+// batchBodyTooLarge is the error of a message of a batch whose body exceeds limit
+// (the smaller of max-message-size and the large-message threshold, see
+// publishBatch).
+func batchBodyTooLarge(field string, limit int64) error {
+	return tooLargef("%s: message body exceeds %d bytes, the most a message of a batch holds (publish a larger body alone)", field, limit)
+}
+
 // checkBatchLen checks the number of messages of a batch.
 func checkBatchLen(n int) error {
 	if n == 0 {
@@ -315,7 +322,7 @@ func decodeBatchFast(data []byte, maxBody int64) ([]batchEntry, bool) {
 		m := &req.Messages[i]
 		body := *m.Data
 		if int64(len(body)) > maxBody {
-			out[i].Err = tooLargef("messages[%d].data: message body exceeds %d bytes", i, maxBody)
+			out[i].Err = batchBodyTooLarge(fmt.Sprintf("messages[%d].data", i), maxBody)
 			continue
 		}
 		out[i].Msg, out[i].Err = batchMessage(i, body, &m.batchMessageMeta)
@@ -337,14 +344,14 @@ func decodeBatchMessage(i int, raw json.RawMessage, maxBody int64) (server.Messa
 		return server.Message{}, invalidf("%s: required (base64)", field("data"))
 	}
 	if n := int64(base64.StdEncoding.DecodedLen(len(*m.Data))); n > maxBody+2 {
-		return server.Message{}, tooLargef("%s: message body exceeds %d bytes", field("data"), maxBody)
+		return server.Message{}, batchBodyTooLarge(field("data"), maxBody)
 	}
 	body, err := base64.StdEncoding.DecodeString(*m.Data)
 	if err != nil {
 		return server.Message{}, invalidf("%s: not valid base64 (standard alphabet, padded): %s", field("data"), err.Error())
 	}
 	if int64(len(body)) > maxBody {
-		return server.Message{}, tooLargef("%s: message body exceeds %d bytes", field("data"), maxBody)
+		return server.Message{}, batchBodyTooLarge(field("data"), maxBody)
 	}
 	return batchMessage(i, body, &m.batchMessageMeta)
 }
@@ -412,7 +419,10 @@ func (a *api) publishBatch(w http.ResponseWriter, r *http.Request, target string
 		a.writeError(w, r, err)
 		return
 	}
-	entries, err := decodeBatch(body, a.cfg.MaxBodyBytes)
+	// A message of a batch is stored as it came, in the messages table: a body above
+	// the large-message threshold belongs in the large-message table, in chunks, and
+	// is published alone (streamed, see large.go). Such a message gets its own 413.
+	entries, err := decodeBatch(body, min(a.cfg.MaxBodyBytes, a.cfg.LargeMessageThreshold))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
