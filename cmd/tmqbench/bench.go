@@ -83,6 +83,10 @@ func runOnce(ctx context.Context, log *slog.Logger, o options, rw *raw, body []b
 		return ru.out, nil
 	}
 
+	if ru.want("bare net/http server") && ctx.Err() == nil {
+		ru.httpFloor(ctx, o.more.floorC)
+	}
+
 	names := []string{"publish, 1 msg/request", "publish, batch of 100/request", "receive+ack", "steady", "fan-out"}
 	needBroker := false
 	for _, n := range names {

@@ -11,6 +11,7 @@ import (
 type moreOptions struct {
 	runs            int
 	rawClients      string
+	floorClients    string
 	batchClients    string
 	recvBatches     string
 	consumers       string
@@ -27,13 +28,14 @@ type moreOptions struct {
 	rabbitPrefetch  int
 
 	// Parsed lists.
-	rawC, batchC, recvB, consC []int
+	rawC, floorC, batchC, recvB, consC []int
 }
 
 // registerMoreFlags registers the flags of moreOptions on the default flag set.
 func registerMoreFlags(m *moreOptions) {
 	flag.IntVar(&m.runs, "runs", 1, "repeat every scenario this many times and report the median of each")
 	flag.StringVar(&m.rawClients, "raw-clients", "1,16", "connection counts of the raw single-row INSERT baseline")
+	flag.StringVar(&m.floorClients, "floor-clients", "64", "client counts of the bare net/http server scenario")
 	flag.StringVar(&m.batchClients, "batch-clients", "16", "client counts of the batch publish (100 per request)")
 	flag.StringVar(&m.recvBatches, "batches", "1,10,100", "receive+ack batch sizes (max per receive)")
 	flag.StringVar(&m.consumers, "consumers", "1,16,64", "receive+ack consumer counts")
@@ -60,7 +62,7 @@ func (m *moreOptions) parse() error {
 		name string
 		s    string
 		dst  *[]int
-	}{{"-raw-clients", m.rawClients, &m.rawC}, {"-batch-clients", m.batchClients, &m.batchC},
+	}{{"-raw-clients", m.rawClients, &m.rawC}, {"-floor-clients", m.floorClients, &m.floorC}, {"-batch-clients", m.batchClients, &m.batchC},
 		{"-batches", m.recvBatches, &m.recvB}, {"-consumers", m.consumers, &m.consC}} {
 		if *l.dst, err = intList(l.name, l.s); err != nil {
 			return err

@@ -5,8 +5,9 @@
 //
 //	go run ./cmd/tmqbench --store postgres://postgres@127.0.0.1:5432/test --duration 10s
 //
-// Scenarios (filter with --only): confirmed publish with 1, 16, 64 and 256 clients, one
-// message per request; batch publish of 100 per request; receive+ack with batches of
+// Scenarios (filter with --only): a bare net/http server answering one-message
+// publishes (floor.go, the HTTP part of any request's cost); confirmed publish with 1,
+// 16, 64 and 256 clients, one message per request; batch publish of 100 per request; receive+ack with batches of
 // 1, 10 and 100 and 1, 16 and 64 consumers; a steady open-loop publish+consume at half
 // of the best publish rate (latency); fan-out to 10 queues; embedded SQLite batched
 // publish+receive+ack; and RabbitMQ (classic and quorum queues, publisher confirms and
@@ -51,6 +52,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == floorServeFlag { // the floor scenario's server (floor.go)
+		if err := serveFloor(os.Args[2]); err != nil {
+			fmt.Fprintf(os.Stderr, "tmqbench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "tmqbench: %v\n", err)
 		os.Exit(1)
