@@ -174,8 +174,8 @@
 //     ErrReceiptStale; of a message that is gone (acked, purged) ErrReceiptUnknown;
 //   - a receipt issued by an older live (a lower epoch) acks its message if this live
 //     has not delivered that message since it activated; if it has, the receipt is
-//     stale. Past the window the store is asked (a one-row scan) whether the message
-//     still exists.
+//     stale. Past the window the store is asked whether the message still exists:
+//     one read by primary key for all such receipts of the call (MessagesByID).
 //
 // Nack ends a lease at once; the message goes back to its place, or to the delayed
 // heap after a delay, and its count is persisted. Extend moves a lease end. Both need

@@ -644,11 +644,11 @@ func (q *queue) bodySource(ctx context.Context, s string, r receipt) (bodySource
 
 	// A receipt of an earlier live for a message this live has not taken into memory:
 	// the store knows whether it still exists.
-	rows, err := l.s.drv.MessageScan(ctx, &sqlstore.MessageScanParams{Queue: q.name, Lane: sqlstore.LaneID, AfterID: r.id - 1, Limit: 1})
+	rows, err := l.s.drv.MessagesByID(ctx, q.name, []int64{r.id})
 	if err != nil {
 		return bodySource{}, fmt.Errorf("server: receipt %q: %w: %w", s, ErrUnavailable, err)
 	}
-	if len(rows) != 1 || rows[0].ID != r.id {
+	if len(rows) != 1 {
 		return bodySource{}, receiptErr(s, ErrReceiptUnknown)
 	}
 	row := &rows[0]

@@ -304,21 +304,33 @@ func (q *queue) ack(ctx context.Context, receipts []string) ([]ReceiptResult, er
 	}
 	q.mu.Unlock()
 
-	// Receipts of an older live for messages past the window: ask the store.
+	// Receipts of an older live for messages past the window: ask the store, in one
+	// read for all of them (after a takeover, consumers ack what the old live gave
+	// them, up to 1000 receipts a call, while the new live's window is still filling).
 	var found []ackTarget
 	var gone []int64
-	for _, t := range check {
-		rows, err := l.s.drv.MessageScan(ctx, &sqlstore.MessageScanParams{Queue: q.name, Lane: sqlstore.LaneID, AfterID: t.id - 1, Limit: 1})
-		switch {
-		case err != nil:
-			res[t.i].Err = fmt.Errorf("server: receipt %q: %w: %w", receipts[t.i], ErrUnavailable, err)
-			gone = append(gone, t.id)
-		case len(rows) == 1 && rows[0].ID == t.id:
-			t.row = &rows[0]
-			found = append(found, t)
-		default:
-			res[t.i].Err = receiptErr(receipts[t.i], ErrReceiptUnknown)
-			gone = append(gone, t.id)
+	if len(check) > 0 {
+		ids := make([]int64, len(check))
+		for j, t := range check {
+			ids[j] = t.id
+		}
+		rows, err := l.s.drv.MessagesByID(ctx, q.name, ids)
+		stored := make(map[int64]*sqlstore.Message, len(rows))
+		for j := range rows {
+			stored[rows[j].ID] = &rows[j]
+		}
+		for _, t := range check {
+			switch row := stored[t.id]; {
+			case err != nil:
+				res[t.i].Err = fmt.Errorf("server: receipt %q: %w: %w", receipts[t.i], ErrUnavailable, err)
+				gone = append(gone, t.id)
+			case row != nil:
+				t.row = row
+				found = append(found, t)
+			default:
+				res[t.i].Err = receiptErr(receipts[t.i], ErrReceiptUnknown)
+				gone = append(gone, t.id)
+			}
 		}
 	}
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -292,8 +293,11 @@ func TestOlderEpochReceipt(t *testing.T) {
 			old := receive(t, b.srv, "q", server.ReceiveParams{Max: 3})
 			require.Equal(t, []string{"m1", "m2", "m3"}, bodies(old))
 
-			// A takeover: the new live bumps the epoch; the old one is fenced.
+			// A takeover: the new live bumps the epoch; the old one is fenced. The new
+			// live's reads of the store are counted.
 			first := b.srv
+			reads := &readCounter{Driver: b.drv}
+			b.drv = reads
 			second := b.start(t)
 			pres, err := first.PublishQueue(ctx, "q", []server.Message{{Body: []byte("late")}})
 			if err == nil { // the call started before the fence was noticed
@@ -313,11 +317,15 @@ func TestOlderEpochReceipt(t *testing.T) {
 			// and m3 still ack.
 			ds := receive(t, second, "q", server.ReceiveParams{})
 			require.Equal(t, []string{"m1"}, bodies(ds))
+			byID := reads.byID.Load()
 			res, err := second.Ack(ctx, "q", receipts(old))
 			require.NoError(t, err)
 			require.ErrorIs(t, res[0].Err, server.ErrReceiptStale)
 			require.NoError(t, res[1].Err)
 			require.NoError(t, res[2].Err)
+			if window == 1 { // m2 and m3 are past the window: one read for both
+				require.Equal(t, byID+1, reads.byID.Load(), "receipts past the window are looked up in one read")
+			}
 			// Acking them again: gone.
 			res, err = second.Ack(ctx, "q", receipts(old)[1:])
 			require.NoError(t, err)
@@ -333,6 +341,17 @@ func TestOlderEpochReceipt(t *testing.T) {
 			require.Zero(t, n)
 		})
 	}
+}
+
+// readCounter counts the MessagesByID calls of a driver.
+type readCounter struct {
+	sqlstore.Driver
+	byID atomic.Int64
+}
+
+func (r *readCounter) MessagesByID(ctx context.Context, queue string, ids []int64) ([]sqlstore.Message, error) {
+	r.byID.Add(1)
+	return r.Driver.MessagesByID(ctx, queue, ids)
 }
 
 func TestIdempotency(t *testing.T) {

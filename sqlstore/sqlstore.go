@@ -338,6 +338,10 @@ type Driver interface {
 	// MessageScan returns up to Limit messages of one lane of a queue after the key, in
 	// the lane's order.
 	MessageScan(ctx context.Context, params *MessageScanParams) ([]Message, error)
+	// MessagesByID returns the stored messages of a queue whose IDs are among ids, in
+	// ID order; an ID that is not stored is left out, not an error. It reads by primary
+	// key, however many IDs (the driver splits long lists).
+	MessagesByID(ctx context.Context, queue string, ids []int64) ([]Message, error)
 	// MessageCount returns the number of messages stored for a queue (COUNT(*): for
 	// tests and tools; the broker reads CounterList).
 	MessageCount(ctx context.Context, queue string) (int64, error)

@@ -57,6 +57,9 @@ func (f *fakeDriver) BindingList(context.Context) ([]Binding, error) { return ni
 func (f *fakeDriver) MessageScan(context.Context, *MessageScanParams) ([]Message, error) {
 	return nil, nil
 }
+func (f *fakeDriver) MessagesByID(context.Context, string, []int64) ([]Message, error) {
+	return nil, nil
+}
 func (f *fakeDriver) MessageCount(context.Context, string) (int64, error) { return 0, nil }
 func (f *fakeDriver) DuplicateGet(context.Context, *DuplicateGetParams) (int64, error) {
 	return 0, ErrNotFound

@@ -409,6 +409,31 @@ func (d *Driver) MessageScan(ctx context.Context, p *sqlstore.MessageScanParams)
 	return out, nil
 }
 
+// MessagesByID implements sqlstore.Driver.
+func (d *Driver) MessagesByID(ctx context.Context, queue string, ids []int64) ([]sqlstore.Message, error) {
+	op := "messages by id of queue " + queue
+	if err := d.checkOpen(op); err != nil {
+		return nil, err
+	}
+	var out []sqlstore.Message
+	for _, run := range stdsql.SplitIDs(ids) {
+		query, args := d.r.ByIDs(queue, run)
+		ms, err := func() ([]sqlstore.Message, error) {
+			rows, err := d.pool.Query(ctx, query, args...)
+			if err != nil {
+				return nil, err
+			}
+			defer rows.Close()
+			return stdsql.ScanMessages(rows, len(run))
+		}()
+		if err != nil {
+			return nil, d.wrap(op, err)
+		}
+		out = append(out, ms...)
+	}
+	return out, nil
+}
+
 // MessageCount implements sqlstore.Driver.
 func (d *Driver) MessageCount(ctx context.Context, queue string) (int64, error) {
 	op := "message count of queue " + queue

@@ -56,6 +56,7 @@ func Exercise(t *testing.T, h Harness) {
 		{"TableNames", testTableNames},
 		{"Bindings", testBindings},
 		{"MessageInsertScan", testMessageInsertScan},
+		{"MessagesByID", testMessagesByID},
 		{"MessageUpdate", testMessageUpdate},
 		{"MessageDelete", testMessageDelete},
 		{"QueuePurge", testQueuePurge},
@@ -357,6 +358,57 @@ func testMessageInsertScan(t *testing.T, h Harness) {
 		MessageInserts: []sqlstore.Message{msg("q2", 100)},
 	}})
 	require.ErrorIs(t, err, sqlstore.ErrConflict)
+}
+
+// testMessagesByID reads messages by ID: only the queue's, in ID order, whole (the
+// same rows as a scan), missing IDs left out, repeats and order of the list ignored,
+// lists longer than one statement split.
+func testMessagesByID(t *testing.T, h Harness) {
+	b := setup(t, h)
+	var ms []sqlstore.Message
+	for id := int64(1); id <= 700; id++ {
+		if id%7 == 0 {
+			continue // not stored
+		}
+		m := msg("q1", id)
+		m.Headers = map[string]string{"n": fmt.Sprint(id)}
+		ms = append(ms, m)
+	}
+	ms = append(ms, msg("q2", 14), msg("q2", 3))
+	b.commit(t, &sqlstore.Batch{MessageInserts: ms})
+	stored := map[int64]sqlstore.Message{}
+	for _, m := range b.scanAll(t, "q1") {
+		stored[m.ID] = m
+	}
+
+	byID := func(queue string, list ...int64) []sqlstore.Message {
+		got, err := b.drv.MessagesByID(b.ctx, queue, list)
+		require.NoError(t, err)
+		return got
+	}
+	require.Empty(t, byID("q1"))
+	require.Empty(t, byID("q1", 7, 14, 701, 0, -1))
+	require.Empty(t, byID("nope", 1, 2))
+	require.Equal(t, []sqlstore.Message{stored[5]}, byID("q1", 5))
+	require.Equal(t, []sqlstore.Message{stored[3], stored[5]}, byID("q1", 5, 3, 5, 7, 3))
+	got := byID("q2", 3, 14, 15)
+	require.Equal(t, []int64{3, 14}, ids(got))
+	require.Equal(t, "q2", got[0].Queue)
+	require.Equal(t, []byte("body-3"), got[0].Body)
+
+	// Every ID from 700 down to 1, each twice: three statements' worth.
+	var list []int64
+	for id := int64(700); id >= 1; id-- {
+		list = append(list, id, id)
+	}
+	got = byID("q1", list...)
+	var want []sqlstore.Message
+	for id := int64(1); id <= 700; id++ {
+		if m, ok := stored[id]; ok {
+			want = append(want, m)
+		}
+	}
+	require.Equal(t, want, got)
 }
 
 func testMessageUpdate(t *testing.T, h Harness) {

@@ -50,7 +50,16 @@ type Reads struct {
 	// scans[lane][from]: from is 1 when the statement starts after a key.
 	scans                          [3][2]string
 	counterList, pageScan, largeGe string
+	// byIDs[k] reads the messages of a queue among 1<<k IDs.
+	byIDs [byIDsBits + 1]string
 }
+
+// byIDsBits sets ByIDsMax: a statement of MessagesByID takes 1, 2, 4, ... up to
+// 1<<byIDsBits IDs.
+const byIDsBits = 8
+
+// ByIDsMax is the most IDs one statement of MessagesByID reads.
+const ByIDsMax = 1 << byIDsBits
 
 // LargeScanLimitDefault is the number of chunks LargeScan returns when Limit <= 0.
 const LargeScanLimitDefault = 1
@@ -68,6 +77,14 @@ func NewReads(t migrations.Tables, syn Syntax) *Reads {
 	r.counterList = fmt.Sprintf("SELECT kind, name, %s, %s FROM %s GROUP BY kind, name ORDER BY kind%s, name%s",
 		syn.SumInt("messages"), syn.SumInt("bytes"), t.Counters, syn.ByteOrder, syn.ByteOrder)
 	r.pageScan = fmt.Sprintf("SELECT %s FROM %s WHERE address = %s AND id > %s ORDER BY id LIMIT %s", PageColumns, t.Pages, p(1), p(2), p(3))
+	for k := range r.byIDs {
+		marks := make([]string, 1<<k)
+		for i := range marks {
+			marks[i] = p(i + 2)
+		}
+		r.byIDs[k] = fmt.Sprintf("SELECT %s FROM %s WHERE queue = %s AND id IN (%s) ORDER BY id",
+			MessageColumns, t.Messages, p(1), strings.Join(marks, ", "))
+	}
 	r.largeGe = fmt.Sprintf("SELECT data FROM %s WHERE message_id = %s AND chunk_no >= %s ORDER BY chunk_no LIMIT %s", t.LargeMessages, p(1), p(2), p(3))
 	return r
 }
@@ -152,6 +169,41 @@ func (r *Reads) Scan(p *sqlstore.MessageScanParams, limit int) (string, []any, e
 		}, nil
 	}
 	return "", nil, fmt.Errorf("unknown lane %d", p.Lane)
+}
+
+// ByIDs returns the statement and arguments that read the messages of queue among
+// ids (1..ByIDsMax of them), in ID order. The list is padded to a power of two with
+// its last ID, so that nine statement texts serve every length: drivers prepare and
+// cache statements by their text.
+func (r *Reads) ByIDs(queue string, ids []int64) (string, []any) {
+	k := 0
+	for 1<<k < len(ids) {
+		k++
+	}
+	args := make([]any, 0, 1+1<<k)
+	args = append(args, queue)
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	for len(args) < cap(args) {
+		args = append(args, ids[len(ids)-1])
+	}
+	return r.byIDs[k], args
+}
+
+// SplitIDs returns ids sorted, without repeats, in runs of at most ByIDsMax: the
+// statements of one MessagesByID.
+func SplitIDs(ids []int64) [][]int64 {
+	ids = slices.Clone(ids)
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	var out [][]int64
+	for len(ids) > 0 {
+		n := min(len(ids), ByIDsMax)
+		out = append(out, ids[:n])
+		ids = ids[n:]
+	}
+	return out
 }
 
 // CounterList is the statement of Driver.CounterList.

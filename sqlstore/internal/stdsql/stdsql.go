@@ -928,6 +928,31 @@ func (c *Core) MessageScan(ctx context.Context, p *sqlstore.MessageScanParams) (
 	return out, nil
 }
 
+// MessagesByID implements sqlstore.Driver.
+func (c *Core) MessagesByID(ctx context.Context, queue string, ids []int64) ([]sqlstore.Message, error) {
+	op := "messages by id of queue " + queue
+	if err := c.checkOpen(op); err != nil {
+		return nil, err
+	}
+	var out []sqlstore.Message
+	for _, run := range SplitIDs(ids) {
+		query, args := c.r.ByIDs(queue, run)
+		ms, err := func() ([]sqlstore.Message, error) {
+			rows, err := c.read.QueryContext(ctx, query, args...)
+			if err != nil {
+				return nil, err
+			}
+			defer rows.Close()
+			return ScanMessages(rows, len(run))
+		}()
+		if err != nil {
+			return nil, c.wrap(op, err)
+		}
+		out = append(out, ms...)
+	}
+	return out, nil
+}
+
 // Rows is what ScanMessages reads: *sql.Rows and pgx.Rows both have it.
 type Rows interface {
 	Next() bool
