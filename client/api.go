@@ -281,9 +281,9 @@ func publishHeaders(msg Message) (http.Header, string, error) {
 // PublishBatch publishes up to 1000 messages to queue in one request and returns one
 // result per message, in order; a message refused on its own has its Err set while
 // the others are published (a body above the broker's large-message threshold, 100
-// KiB by default, is refused: publish it with Publish, which streams it). Each message without an IdempotencyKey gets a generated
-// one, the same on every retry of this call, so a retry after a lost answer stores
-// each message once (see Publish).
+// KiB by default, is refused: publish it with Publish, which streams it). Each
+// message without an IdempotencyKey gets a generated one, the same on every retry of
+// this call, so a retry after a lost answer stores each message once (see Publish).
 func (c *Client) PublishBatch(ctx context.Context, queue string, msgs []Message) ([]PublishResult, error) {
 	p, err := pathOf("queues", queue, "/messages/batch")
 	if err != nil {

@@ -415,21 +415,16 @@ func (d *Driver) MessagesByID(ctx context.Context, queue string, ids []int64) ([
 	if err := d.checkOpen(op); err != nil {
 		return nil, err
 	}
-	var out []sqlstore.Message
-	for _, run := range stdsql.SplitIDs(ids) {
-		query, args := d.r.ByIDs(queue, run)
-		ms, err := func() ([]sqlstore.Message, error) {
-			rows, err := d.pool.Query(ctx, query, args...)
-			if err != nil {
-				return nil, err
-			}
-			defer rows.Close()
-			return stdsql.ScanMessages(rows, len(run))
-		}()
+	out, err := d.r.ByIDs(queue, ids, func(query string, args []any) ([]sqlstore.Message, error) {
+		rows, err := d.pool.Query(ctx, query, args...)
 		if err != nil {
-			return nil, d.wrap(op, err)
+			return nil, err
 		}
-		out = append(out, ms...)
+		defer rows.Close()
+		return stdsql.ScanMessages(rows, len(args)-1)
+	})
+	if err != nil {
+		return nil, d.wrap(op, err)
 	}
 	return out, nil
 }

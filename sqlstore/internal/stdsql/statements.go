@@ -171,39 +171,34 @@ func (r *Reads) Scan(p *sqlstore.MessageScanParams, limit int) (string, []any, e
 	return "", nil, fmt.Errorf("unknown lane %d", p.Lane)
 }
 
-// ByIDs returns the statement and arguments that read the messages of queue among
-// ids (1..ByIDsMax of them), in ID order. The list is padded to a power of two with
-// its last ID, so that nine statement texts serve every length: drivers prepare and
-// cache statements by their text.
-func (r *Reads) ByIDs(queue string, ids []int64) (string, []any) {
-	k := 0
-	for 1<<k < len(ids) {
-		k++
-	}
-	args := make([]any, 0, 1+1<<k)
-	args = append(args, queue)
-	for _, id := range ids {
-		args = append(args, id)
-	}
-	for len(args) < cap(args) {
-		args = append(args, ids[len(ids)-1])
-	}
-	return r.byIDs[k], args
-}
-
-// SplitIDs returns ids sorted, without repeats, in runs of at most ByIDsMax: the
-// statements of one MessagesByID.
-func SplitIDs(ids []int64) [][]int64 {
+// ByIDs runs the statements of a MessagesByID with read, the dialect's query: the IDs
+// sorted, without repeats, in runs of at most ByIDsMax, each list padded to a power of
+// two with its last ID, so that nine statement texts serve every length (drivers
+// prepare and cache statements by their text). The rows come back in ID order.
+func (r *Reads) ByIDs(queue string, ids []int64, read func(query string, args []any) ([]sqlstore.Message, error)) ([]sqlstore.Message, error) {
 	ids = slices.Clone(ids)
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	var out [][]int64
+	var out []sqlstore.Message
 	for len(ids) > 0 {
-		n := min(len(ids), ByIDsMax)
-		out = append(out, ids[:n])
-		ids = ids[n:]
+		run := ids[:min(len(ids), ByIDsMax)]
+		ids = ids[len(run):]
+		k := 0
+		for 1<<k < len(run) {
+			k++
+		}
+		args := make([]any, 1+1<<k)
+		args[0] = queue
+		for i := range 1 << k {
+			args[1+i] = run[min(i, len(run)-1)]
+		}
+		ms, err := read(r.byIDs[k], args)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ms...)
 	}
-	return out
+	return out, nil
 }
 
 // CounterList is the statement of Driver.CounterList.

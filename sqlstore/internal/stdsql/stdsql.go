@@ -934,21 +934,16 @@ func (c *Core) MessagesByID(ctx context.Context, queue string, ids []int64) ([]s
 	if err := c.checkOpen(op); err != nil {
 		return nil, err
 	}
-	var out []sqlstore.Message
-	for _, run := range SplitIDs(ids) {
-		query, args := c.r.ByIDs(queue, run)
-		ms, err := func() ([]sqlstore.Message, error) {
-			rows, err := c.read.QueryContext(ctx, query, args...)
-			if err != nil {
-				return nil, err
-			}
-			defer rows.Close()
-			return ScanMessages(rows, len(run))
-		}()
+	out, err := c.r.ByIDs(queue, ids, func(query string, args []any) ([]sqlstore.Message, error) {
+		rows, err := c.read.QueryContext(ctx, query, args...)
 		if err != nil {
-			return nil, c.wrap(op, err)
+			return nil, err
 		}
-		out = append(out, ms...)
+		defer rows.Close()
+		return ScanMessages(rows, len(args)-1)
+	})
+	if err != nil {
+		return nil, c.wrap(op, err)
 	}
 	return out, nil
 }
